@@ -1,0 +1,224 @@
+package agent
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"strings"
+	"sync"
+	"time"
+	"unicode/utf8"
+
+	"github.com/solstice-ci/solstice/internal/agentapi"
+)
+
+// MaxLine is the longest log line the agent sends as one event; a longer
+// line is split into pieces of at most this many bytes.
+const MaxLine = 16 * 1024
+
+// Streams of log lines.
+const (
+	StreamStdout = "stdout"
+	StreamStderr = "stderr"
+	StreamSystem = "system" // the agent's own lines: fetch, step headers, errors
+)
+
+// emitter writes the agent's two outputs: JSON event lines (to events, may
+// be nil) and the human log (to human, may be nil). Every write goes out at
+// once, unbuffered. Everything it writes has passed the masker.
+type emitter struct {
+	mu     sync.Mutex
+	events io.Writer
+	human  io.Writer
+	mask   *Masker
+	now    func() time.Time
+	seq    int64
+	err    error // first write error of the event stream
+	buf    []byte
+}
+
+func newEmitter(events, human io.Writer, mask *Masker, now func() time.Time) *emitter {
+	if now == nil {
+		now = time.Now
+	}
+	return &emitter{events: events, human: human, mask: mask, now: now}
+}
+
+// emit stamps ev with the next sequence number and the time and writes it.
+func (e *emitter) emit(ev agentapi.Event) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.emitLocked(ev)
+}
+
+func (e *emitter) emitLocked(ev agentapi.Event) {
+	e.seq++
+	ev.Seq = e.seq
+	if ev.Name != "" {
+		ev.Name = e.mask.Replace(ev.Name)
+	}
+	for i, n := range ev.Steps {
+		ev.Steps[i] = e.mask.Replace(n)
+	}
+	if ev.Time.IsZero() {
+		ev.Time = e.now().UTC()
+	}
+	if e.events == nil || e.err != nil {
+		return
+	}
+	b, err := json.Marshal(ev)
+	if err != nil {
+		e.err = fmt.Errorf("encoding event %d: %w", ev.Seq, err)
+		return
+	}
+	e.buf = append(append(e.buf[:0], b...), '\n')
+	if _, err := e.events.Write(e.buf); err != nil {
+		e.err = fmt.Errorf("writing event %d: %w", ev.Seq, err)
+	}
+}
+
+// humanf writes one line of the human log with a timestamp.
+func (e *emitter) humanf(format string, args ...any) {
+	if e.human == nil {
+		return
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.humanLocked(e.now(), fmt.Sprintf(format, args...))
+}
+
+func (e *emitter) humanLocked(t time.Time, line string) {
+	if e.human == nil {
+		return
+	}
+	fmt.Fprintf(e.human, "%s %s\n", t.Format("15:04:05.000"), line)
+}
+
+// line sends one (already complete, not yet masked) log line of step. A
+// line longer than MaxLine after masking leaves as several.
+func (e *emitter) line(step int, stream, text string) {
+	text = strings.ToValidUTF8(e.mask.Replace(text), "\uFFFD")
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	t := e.now().UTC()
+	prefix := "  "
+	if stream == StreamStderr {
+		prefix = "! "
+	} else if stream == StreamSystem {
+		prefix = "# "
+	}
+	for {
+		piece := text
+		if len(piece) > MaxLine {
+			cut := MaxLine
+			for cut > MaxLine-utf8.UTFMax && !utf8.RuneStart(text[cut]) {
+				cut--
+			}
+			piece = text[:cut]
+		}
+		text = text[len(piece):]
+		e.emitLocked(agentapi.Event{Kind: agentapi.KindLog, Step: step, Stream: stream, Line: piece, Time: t})
+		e.humanLocked(t, prefix+piece)
+		if text == "" {
+			return
+		}
+	}
+}
+
+// system sends a line of the agent's own, masked like every other line.
+func (e *emitter) system(step int, format string, args ...any) {
+	e.line(step, StreamSystem, fmt.Sprintf(format, args...))
+}
+
+// annotation sends an ::error::/::warning::/::notice:: annotation.
+func (e *emitter) annotation(step int, a annotation) {
+	e.emit(agentapi.Event{Kind: agentapi.KindAnnotation, Step: step, Level: a.level,
+		Message: strings.ToValidUTF8(e.mask.Replace(a.message), "\uFFFD"),
+		File:    e.mask.Replace(a.file), LineNo: a.line, Title: e.mask.Replace(a.title)})
+}
+
+// Err is the first error writing the event stream.
+func (e *emitter) Err() error {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.err
+}
+
+// lineWriter cuts one output stream of a step into lines, handles workflow
+// commands in them and sends them through the emitter. A secret split
+// across two writes is still masked: bytes are held until a newline, or, in
+// a line longer than MaxLine, until no masked value can straddle the cut.
+type lineWriter struct {
+	e      *emitter
+	cmds   *commands
+	step   int
+	stream string
+	buf    []byte
+}
+
+func (w *lineWriter) Write(p []byte) (int, error) {
+	w.buf = append(w.buf, p...)
+	for {
+		i := indexNewline(w.buf)
+		if i < 0 {
+			break
+		}
+		line := w.buf[:i]
+		if n := len(line); n > 0 && line[n-1] == '\r' {
+			line = line[:n-1]
+		}
+		w.handle(string(line))
+		w.buf = w.buf[i+1:]
+	}
+	for len(w.buf) >= MaxLine {
+		w.emitPiece(MaxLine)
+	}
+	if len(w.buf) == 0 {
+		w.buf = nil // do not keep a large backing array alive
+	}
+	return len(p), nil
+}
+
+func indexNewline(b []byte) int {
+	for i, c := range b {
+		if c == '\n' {
+			return i
+		}
+	}
+	return -1
+}
+
+// emitPiece sends a piece of at most limit bytes of a long line.
+func (w *lineWriter) emitPiece(limit int) {
+	s := string(w.buf[:limit])
+	cut := w.e.mask.SafeCut(s)
+	if cut == 0 {
+		cut = limit // a masked value longer than a line piece: nothing better to do
+	}
+	for cut > 0 && cut < len(s) && !utf8.RuneStart(s[cut]) && cut > len(s)-utf8.UTFMax {
+		cut--
+	}
+	w.e.line(w.step, w.stream, s[:cut])
+	w.buf = w.buf[cut:]
+}
+
+// Flush sends what is left of an unterminated last line.
+func (w *lineWriter) Flush() {
+	for len(w.buf) > 0 {
+		if len(w.buf) > MaxLine {
+			w.emitPiece(MaxLine)
+			continue
+		}
+		w.handle(string(w.buf))
+		w.buf = nil
+	}
+}
+
+func (w *lineWriter) handle(line string) {
+	if w.cmds != nil {
+		if a, ok := w.cmds.process(line); ok && a != nil {
+			w.e.annotation(w.step, *a)
+		}
+	}
+	w.e.line(w.step, w.stream, line)
+}
