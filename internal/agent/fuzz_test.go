@@ -1,8 +1,11 @@
 package agent
 
 import (
+	"encoding/json"
 	"strings"
 	"testing"
+
+	"github.com/solstice-ci/solstice/internal/agentapi"
 )
 
 func FuzzParseJob(f *testing.F) {
@@ -60,6 +63,25 @@ func FuzzMask(f *testing.F) {
 			if strings.Contains(l, secret) {
 				t.Fatalf("secret %q leaked in line %q", secret, l)
 			}
+		}
+	})
+}
+
+// FuzzLogEventJSON checks the hand-written log event encoder against
+// encoding/json for any (valid UTF-8) line.
+func FuzzLogEventJSON(f *testing.F) {
+	f.Add("plain", "stdout")
+	f.Add("\u2028<&>\"\\\x00\x1f", "system")
+	f.Fuzz(func(t *testing.T, line, stream string) {
+		line = strings.ToValidUTF8(line, "\uFFFD")
+		stream = strings.ToValidUTF8(stream, "\uFFFD")
+		ev := agentapi.Event{Seq: 7, Kind: agentapi.KindLog, Step: 3, Stream: stream, Line: line}
+		want, err := json.Marshal(ev)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := appendLogEvent(nil, &ev); string(got) != string(want)+"\n" {
+			t.Fatalf("got %s want %s", got, want)
 		}
 	})
 }

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -66,12 +67,16 @@ func (e *emitter) emitLocked(ev agentapi.Event) {
 	if e.events == nil || e.err != nil {
 		return
 	}
-	b, err := json.Marshal(ev)
-	if err != nil {
-		e.err = fmt.Errorf("encoding event %d: %w", ev.Seq, err)
-		return
+	if ev.Kind == agentapi.KindLog {
+		e.buf = appendLogEvent(e.buf[:0], &ev) // the hot path: no reflection
+	} else {
+		b, err := json.Marshal(ev)
+		if err != nil {
+			e.err = fmt.Errorf("encoding event %d: %w", ev.Seq, err)
+			return
+		}
+		e.buf = append(append(e.buf[:0], b...), '\n')
 	}
-	e.buf = append(append(e.buf[:0], b...), '\n')
 	if _, err := e.events.Write(e.buf); err != nil {
 		e.err = fmt.Errorf("writing event %d: %w", ev.Seq, err)
 	}
@@ -221,4 +226,61 @@ func (w *lineWriter) handle(line string) {
 		}
 	}
 	w.e.line(w.step, w.stream, line)
+}
+
+// appendLogEvent encodes a log event as encoding/json would (the same keys
+// and order as agentapi.Event), for the line-per-event hot path.
+func appendLogEvent(b []byte, ev *agentapi.Event) []byte {
+	b = append(b, `{"seq":`...)
+	b = strconv.AppendInt(b, ev.Seq, 10)
+	b = append(b, `,"kind":"log","time":"`...)
+	b = ev.Time.AppendFormat(b, time.RFC3339Nano)
+	b = append(b, `","step":`...)
+	b = strconv.AppendInt(b, int64(ev.Step), 10)
+	if ev.Stream != "" {
+		b = append(b, `,"stream":`...)
+		b = appendJSONString(b, ev.Stream)
+	}
+	if ev.Line != "" {
+		b = append(b, `,"line":`...)
+		b = appendJSONString(b, ev.Line)
+	}
+	b = append(b, `,"exit_code":0}`...)
+	return append(b, '\n')
+}
+
+// appendJSONString appends s (valid UTF-8) as a JSON string.
+func appendJSONString(b []byte, s string) []byte {
+	const hex = "0123456789abcdef"
+	b = append(b, '"')
+	start := 0
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if c == 0xe2 && i+2 < len(s) && s[i+1] == 0x80 && (s[i+2] == 0xa8 || s[i+2] == 0xa9) {
+			b = append(b, s[start:i]...)
+			b = append(b, '\\', 'u', '2', '0', '2', hex[s[i+2]&0xf])
+			i += 2
+			start = i + 1
+			continue
+		}
+		if c >= 0x20 && c != '"' && c != '\\' && c != '<' && c != '>' && c != '&' {
+			continue
+		}
+		b = append(b, s[start:i]...)
+		switch c {
+		case '"', '\\':
+			b = append(b, '\\', c)
+		case '\n':
+			b = append(b, '\\', 'n')
+		case '\r':
+			b = append(b, '\\', 'r')
+		case '\t':
+			b = append(b, '\\', 't')
+		default: // control characters, and <, >, & as encoding/json escapes them
+			b = append(b, '\\', 'u', '0', '0', hex[c>>4], hex[c&0xf])
+		}
+		start = i + 1
+	}
+	b = append(b, s[start:]...)
+	return append(b, '"')
 }

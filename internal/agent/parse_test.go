@@ -1,7 +1,11 @@
 package agent
 
 import (
+	"encoding/json"
 	"errors"
+	"time"
+
+	"github.com/solstice-ci/solstice/internal/agentapi"
 	"slices"
 	"strings"
 	"testing"
@@ -199,5 +203,20 @@ func TestMaskerLongLineStraddle(t *testing.T) {
 	w.Flush()
 	if strings.Contains(out.String(), "SECRET") || strings.Contains(out.String(), "E123") {
 		t.Fatalf("the secret leaked across a line cut")
+	}
+}
+
+func TestAppendLogEventMatchesEncodingJSON(t *testing.T) {
+	t.Parallel()
+	for _, line := range []string{"plain", `quo"te \ back`, "tab\tcr\rctl\x01<b>&", "ünïcödé \u2028 ✓", ""} {
+		ev := agentapi.Event{Seq: 42, Kind: agentapi.KindLog, Time: time.Date(2026, 1, 2, 3, 4, 5, 6000, time.UTC), Step: -1, Stream: "stderr", Line: line}
+		want, err := json.Marshal(ev)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := appendLogEvent(nil, &ev)
+		if string(got) != string(want)+"\n" {
+			t.Errorf("line %q:\n got %s\nwant %s", line, got, want)
+		}
 	}
 }
