@@ -33,12 +33,6 @@ type cliEnv struct {
 
 func commands() map[string]command {
 	return map[string]command{
-		"image":        imageCmd(),
-		"vm":           vmCmd(),
-		"exec":         execCmd(),
-		"serve":        serveCmd(),
-		"orchestrator": orchestratorCmd(),
-		"forgejo":      forgejoCmd(),
 		"version": {"print the version", func(_ context.Context, env *cliEnv, _ []string) error {
 			fmt.Fprintln(env.stdout, "solstice", version)
 			return nil
