@@ -26,6 +26,9 @@ type Spec struct {
 	// base disk (image.Cache resolves it).
 	Image     image.Entry
 	BaseImage string
+	// Kernel and Initrd are the local paths of the kernel and initrd for
+	// images that boot with QEMU's direct kernel boot (Image.Boot "kernel").
+	Kernel, Initrd string
 	// Network is NetworkEgress or NetworkNone; empty means the image's default.
 	Network string
 	// CPUs and MemoryMB override the image's values when > 0.

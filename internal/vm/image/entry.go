@@ -10,9 +10,13 @@ type Entry struct {
 	URL string `yaml:"url,omitempty" json:"url,omitempty"`
 	// SHA256 of the file at URL (before decompression), hex.
 	SHA256 string `yaml:"sha256,omitempty" json:"sha256,omitempty"`
+	// SHA256URL names a checksum file published next to the download
+	// (sha256sum or BSD "SHA256 (name) = hex" lines), used when SHA256 is
+	// empty. One of the two is required to pull.
+	SHA256URL string `yaml:"sha256_url,omitempty" json:"sha256_url,omitempty"`
 	// Format of the disk image after decompression: "qcow2" or "raw".
 	Format string `yaml:"format" json:"format"`
-	// Compression of the download: "" or "zst".
+	// Compression of the download: "", "zst" or "xz".
 	Compression string `yaml:"compression,omitempty" json:"compression,omitempty"`
 	// Build names a local recipe ("linux-test") instead of a download.
 	Build string `yaml:"build,omitempty" json:"build,omitempty"`
@@ -42,6 +46,12 @@ type Entry struct {
 	BootTimeoutSeconds int `yaml:"boot_timeout_seconds,omitempty" json:"boot_timeout_seconds,omitempty"`
 	// Shutdown is the in-guest command that powers the guest off.
 	Shutdown string `yaml:"shutdown" json:"shutdown"`
+	// Boot is "disk" (firmware boots the disk; the default) or "kernel":
+	// QEMU's direct kernel boot with the vmlinuz and initrd.img the cache
+	// keeps next to the disk (the linux-test image has no boot loader).
+	Boot string `yaml:"boot,omitempty" json:"boot,omitempty"`
+	// KernelArgs is the kernel command line for Boot "kernel".
+	KernelArgs string `yaml:"kernel_args,omitempty" json:"kernel_args,omitempty"`
 	// Network is the default network mode: "egress" or "none".
 	Network string `yaml:"network,omitempty" json:"network,omitempty"`
 	Notes   string `yaml:"notes,omitempty" json:"notes,omitempty"`
