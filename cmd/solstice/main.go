@@ -33,6 +33,8 @@ type cliEnv struct {
 
 func commands() map[string]command {
 	return map[string]command{
+		"image": imageCmd(),
+		"vm":    vmCmd(),
 		"version": {"print the version", func(_ context.Context, env *cliEnv, _ []string) error {
 			fmt.Fprintln(env.stdout, "solstice", version)
 			return nil
