@@ -101,11 +101,12 @@ func (r *run) provisionAndRun(ctx context.Context, from *store.State) (agentOutc
 		Message: fmt.Sprintf("booting a VM for %s on %s", r.req.RunsOn, o.cfg.Host)})
 	sys := r.ev.systemWriter(ctx)
 	fmt.Fprintf(sys, "Solstice CI: job %s on host %s, image %s\n", r.req.JobID, o.cfg.Host, r.req.RunsOn)
-	entry, base, err := o.deps.Images.Resolve(ctx, r.req.RunsOn, sys)
+	entry, local, err := o.deps.Images.Resolve(ctx, r.req.RunsOn, sys)
 	if err != nil {
 		return agentOutcome{}, r.ctxOr(ctx, errored("preparing the image of %s: %v", r.req.RunsOn, err))
 	}
-	spec := vm.Spec{JobID: r.req.JobID, Image: entry, BaseImage: base, Network: r.req.Network, BootTimeout: o.cfg.BootTimeout}
+	spec := vm.Spec{JobID: r.req.JobID, Image: entry, BaseImage: local.Disk, Kernel: local.Kernel, Initrd: local.Initrd,
+		Network: r.req.Network, BootTimeout: o.cfg.BootTimeout}
 	m, err := o.deps.Backend.Create(ctx, spec)
 	if err != nil {
 		return agentOutcome{}, r.ctxOr(ctx, errored("creating the VM: %v", err))

@@ -100,11 +100,30 @@ func (c *Config) setDefaults() error {
 	return nil
 }
 
-// Images finds the image of a label: the catalog entry and the local path
-// of its base disk, pulling or building it when needed (progress goes to
-// the job's log).
+// Images finds the image of a label: the catalog entry and its files in
+// the local cache, pulling or building it when needed (progress goes to the
+// job's log).
 type Images interface {
-	Resolve(ctx context.Context, label string, progress io.Writer) (image.Entry, string, error)
+	Resolve(ctx context.Context, label string, progress io.Writer) (image.Entry, image.Local, error)
+}
+
+// CatalogImages resolves labels through a catalog and a cache.
+type CatalogImages struct {
+	Catalog *image.Catalog
+	Cache   *image.Cache
+}
+
+// Resolve looks label up and makes sure its image is in the cache.
+func (c CatalogImages) Resolve(ctx context.Context, label string, progress io.Writer) (image.Entry, image.Local, error) {
+	e, ok := c.Catalog.Lookup(label)
+	if !ok {
+		return image.Entry{}, image.Local{}, fmt.Errorf("no image for label %q in the catalog", label)
+	}
+	l, err := c.Cache.Ensure(ctx, e, progress)
+	if err != nil {
+		return image.Entry{}, image.Local{}, err
+	}
+	return e, l, nil
 }
 
 // Deps are the parts the orchestrator works with.
