@@ -21,7 +21,8 @@ sha=$(git -C "$scratch/repo" rev-parse HEAD)
 if "$root/bin/solstice" help 2>&1 | grep -q '^  exec ' && [ "${DEMO_LOCAL:-}" != 1 ]; then
 	echo "== solstice exec: examples/hello/.github/workflows/ci.yml, one linux-test VM per job"
 	cd "$scratch/repo"
-	exec "$root/bin/solstice" exec -w .github/workflows/ci.yml
+	# The example needs no network: its VMs get none (SLIRP restrict=on).
+	exec "$root/bin/solstice" exec --network none -w .github/workflows/ci.yml
 fi
 
 echo "== solstice-runner on examples/hello at $sha (workspace $scratch/work)"

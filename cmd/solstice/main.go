@@ -33,6 +33,7 @@ type cliEnv struct {
 
 func commands() map[string]command {
 	return map[string]command{
+		"exec":  execCmd(),
 		"image": imageCmd(),
 		"vm":    vmCmd(),
 		"version": {"print the version", func(_ context.Context, env *cliEnv, _ []string) error {

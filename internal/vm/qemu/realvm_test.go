@@ -6,21 +6,20 @@ import (
 	"fmt"
 	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/solstice-ci/solstice/internal/netnstest"
 	"github.com/solstice-ci/solstice/internal/vm"
 	"github.com/solstice-ci/solstice/internal/vm/image"
 )
 
 // The real-VM test boots linux-test under TCG. It runs in a network
-// namespace of its own (see inNetns), so no packet of the guest or of passt
+// namespace of its own (see package netnstest), so no packet of the guest or of passt
 // can leave this machine.
 
-const netnsEnv = "SOLSTICE_TEST_IN_NETNS"
 
 // linuxTest returns the linux-test entry and its cached image, building it
 // when missing (a few minutes, once per recipe change; the cache is outside
@@ -39,7 +38,7 @@ func linuxTest(t *testing.T) (image.Entry, image.Local) {
 	if l, err := c.Resolve(e); err == nil {
 		return e, l
 	}
-	if os.Getenv(netnsEnv) != "" {
+	if netnstest.Inside() {
 		t.Fatal("linux-test image missing inside the test namespace")
 	}
 	t.Logf("building linux-test into %s (once per recipe change)", c.Dir)
@@ -59,43 +58,6 @@ func tail(s string, n int) string {
 	return strings.Join(lines, "\n")
 }
 
-// inNetns re-runs the test named name in a new network namespace made with
-// `unshare -n`: loopback up, a veth pair with both ends inside, an address
-// and a default route on one end (passt copies them), nothing else. It
-// returns true when the caller is the outer process and should return.
-func inNetns(t *testing.T, name string) bool {
-	t.Helper()
-	if os.Getenv(netnsEnv) != "" {
-		return false
-	}
-	setup := strings.Join([]string{
-		"set -e",
-		"ip link set lo up",
-		"ip link add sv0 type veth peer name sv1",
-		"ip addr add 192.0.2.1/24 dev sv0",
-		"ip link set sv0 up",
-		"ip link set sv1 up",
-		"ip route add default via 192.0.2.2 dev sv0",
-		`exec "$@"`,
-	}, "\n")
-	args := []string{"-n", "--", "sh", "-c", setup, "sh", os.Args[0],
-		"-test.run", "^" + name + "$", "-test.v", "-test.count=1", "-test.timeout=25m"}
-	cmd := exec.CommandContext(t.Context(), "unshare", args...)
-	cmd.Env = append(os.Environ(), netnsEnv+"=1")
-	var out bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &out
-	cmd.WaitDelay = 10 * time.Second
-	err := cmd.Run()
-	t.Logf("inside the namespace:\n%s", out.String())
-	if err != nil {
-		t.Fatalf("%s in its network namespace: %v", name, err)
-	}
-	if !strings.Contains(out.String(), "--- PASS: "+name) {
-		t.Fatalf("%s did not pass in its network namespace", name)
-	}
-	return true
-}
-
 func testBackend(t *testing.T) *Backend {
 	dir, err := os.MkdirTemp("", "svm") // short: socket paths are limited to 108 bytes
 	if err != nil {
@@ -110,7 +72,7 @@ func TestRealVM(t *testing.T) {
 		t.Skip("boots a VM")
 	}
 	e, local := linuxTest(t)
-	if inNetns(t, "TestRealVM") {
+	if netnstest.Reexec(t, "TestRealVM") {
 		return
 	}
 	ctx := t.Context()
@@ -250,7 +212,7 @@ func TestReap(t *testing.T) {
 		t.Skip("starts qemu")
 	}
 	e, local := linuxTest(t)
-	if inNetns(t, "TestReap") {
+	if netnstest.Reexec(t, "TestReap") {
 		return
 	}
 	b := testBackend(t)
