@@ -33,9 +33,11 @@ type cliEnv struct {
 
 func commands() map[string]command {
 	return map[string]command{
-		"exec":  execCmd(),
-		"image": imageCmd(),
-		"vm":    vmCmd(),
+		"exec":         execCmd(),
+		"image":        imageCmd(),
+		"orchestrator": orchestratorCmd(),
+		"serve":        serveCmd(),
+		"vm":           vmCmd(),
 		"version": {"print the version", func(_ context.Context, env *cliEnv, _ []string) error {
 			fmt.Fprintln(env.stdout, "solstice", version)
 			return nil
