@@ -77,6 +77,9 @@ func (p *Printer) Handle(ev *jobspec.Event) bool {
 		}
 	case jobspec.EventStepStarted:
 		j.stepStart[ev.Step] = ev.Time
+		if ev.Name != "" && ev.Step >= 0 && ev.Step < len(j.steps) {
+			j.steps[ev.Step] = ev.Name // the name as evaluated in the guest
+		}
 		say("▶ %s", j.stepName(ev.Step, ev.Name))
 	case jobspec.EventStepFinished:
 		d := ""
