@@ -54,7 +54,9 @@ func TestServeAndOrchestrator(t *testing.T) {
 			defer cancel()
 			var out bytes.Buffer
 			done := make(chan int, 1)
-			go func() { done <- run(ctx, &cliEnv{stdout: &out, stderr: &out, getenv: func(string) string { return "" }}, args) }()
+			go func() {
+				done <- run(ctx, &cliEnv{stdout: &out, stderr: &out, getenv: func(string) string { return "" }}, args)
+			}()
 			get := func(path string) (int, string) {
 				resp, err := http.Get("http://" + addr + path)
 				if err != nil {

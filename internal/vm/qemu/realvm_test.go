@@ -20,7 +20,6 @@ import (
 // namespace of its own (see package netnstest), so no packet of the guest or of passt
 // can leave this machine.
 
-
 // linuxTest returns the linux-test entry and its cached image, building it
 // when missing (a few minutes, once per recipe change; the cache is outside
 // the clone). It fails — never skips — when the image cannot be had.
