@@ -2,7 +2,7 @@
 // and the orchestrators. It carries opaque message bodies (JSON of package
 // jobspec); it does not look inside them.
 //
-// Two implementations satisfy Queue: RabbitMQ (package queue/amqp, for many
+// Two implementations satisfy Queue: RabbitMQ (package queue/amqpq, for many
 // hosts) and an in-process one (Memory, for solstice serve and solstice
 // exec). One contract test suite (queuetest) runs against both.
 package queue

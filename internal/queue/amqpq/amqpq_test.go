@@ -25,8 +25,7 @@ const defaultURL = "amqp://guest:guest@127.0.0.1:5672/"
 
 // Timeouts of the tests.
 const (
-	waitLong  = 10 * time.Second
-	waitQuiet = 200 * time.Millisecond
+	waitLong = 10 * time.Second
 )
 
 // testURL returns the broker the tests use: SOLSTICE_TEST_AMQP_URL, or
@@ -139,32 +138,6 @@ func TestContract(t *testing.T) {
 	queuetest.Run(t, func(t *testing.T) queue.Queue { return openQueue(t) })
 }
 
-func recv(t *testing.T, ch <-chan queue.Delivery) queue.Delivery {
-	t.Helper()
-	select {
-	case d, ok := <-ch:
-		if !ok {
-			t.Fatal("delivery channel closed, want a delivery")
-		}
-		return d
-	case <-time.After(waitLong):
-		t.Fatalf("no delivery in %v", waitLong)
-	}
-	return nil
-}
-
-func quiet(t *testing.T, ch <-chan queue.Delivery) {
-	t.Helper()
-	select {
-	case d, ok := <-ch:
-		if ok {
-			t.Fatalf("unexpected delivery %q", d.Body())
-		}
-		t.Fatal("delivery channel closed unexpectedly")
-	case <-time.After(waitQuiet):
-	}
-}
-
 // TestPrefetchAcrossLabels checks that a consumer of several labels holds
 // at most prefetch unacked deliveries, although RabbitMQ applies the
 // prefetch to each queue.
@@ -186,17 +159,17 @@ func TestPrefetchAcrossLabels(t *testing.T) {
 	if err != nil {
 		t.Fatalf("ConsumeJobs: %v", err)
 	}
-	held := []queue.Delivery{recv(t, ch), recv(t, ch)}
+	held := []queue.Delivery{queuetest.Recv(t, ch), queuetest.Recv(t, ch)}
 	seen := map[string]bool{}
 	for n := 2; n < 6; n++ {
-		quiet(t, ch)
+		queuetest.Quiet(t, ch)
 		if err := held[0].Ack(); err != nil {
 			t.Fatalf("Ack: %v", err)
 		}
 		seen[string(held[0].Body())] = true
-		held = append(held[1:], recv(t, ch))
+		held = append(held[1:], queuetest.Recv(t, ch))
 	}
-	quiet(t, ch)
+	queuetest.Quiet(t, ch)
 	for _, d := range held {
 		seen[string(d.Body())] = true
 		if err := d.Ack(); err != nil {
@@ -225,7 +198,7 @@ func TestSettleTwice(t *testing.T) {
 			t.Fatalf("PublishJob: %v", err)
 		}
 	}
-	d := recv(t, ch)
+	d := queuetest.Recv(t, ch)
 	if err := d.Ack(); err != nil {
 		t.Fatalf("Ack: %v", err)
 	}
@@ -235,7 +208,7 @@ func TestSettleTwice(t *testing.T) {
 	if err := d.Nack(true); err == nil {
 		t.Fatal("Nack after Ack succeeded")
 	}
-	d = recv(t, ch)
+	d = queuetest.Recv(t, ch)
 	if string(d.Body()) != "job 1" || d.Redelivered() {
 		t.Fatalf("second delivery %q (redelivered %v), want job 1 delivered once", d.Body(), d.Redelivered())
 	}
@@ -285,7 +258,7 @@ func testReconnect(t *testing.T, abrupt bool, round int) {
 	if err := q.PublishJob(ctx, label, before); err != nil {
 		t.Fatalf("PublishJob: %v", err)
 	}
-	held := recv(t, jobs)
+	held := queuetest.Recv(t, jobs)
 
 	old := q.dropConnection(abrupt)
 	if old == nil {
@@ -311,7 +284,7 @@ func testReconnect(t *testing.T, abrupt bool, round int) {
 	// and the one published during the outage.
 	want := map[string]bool{string(before): true, string(during): true}
 	for range 2 {
-		d := recv(t, jobs)
+		d := queuetest.Recv(t, jobs)
 		if !want[string(d.Body())] {
 			t.Fatalf("unexpected or duplicate job %q", d.Body())
 		}
@@ -323,7 +296,7 @@ func testReconnect(t *testing.T, abrupt bool, round int) {
 			t.Fatalf("Ack after reconnecting: %v", err)
 		}
 	}
-	quiet(t, jobs)
+	queuetest.Quiet(t, jobs)
 
 	// Events and cancels go on as well.
 	for i := range 3 {
@@ -332,7 +305,7 @@ func testReconnect(t *testing.T, abrupt bool, round int) {
 		}
 	}
 	for i := range 3 {
-		d := recv(t, events)
+		d := queuetest.Recv(t, events)
 		if want := fmt.Sprintf("event %d", i); string(d.Body()) != want {
 			t.Fatalf("event %q, want %q", d.Body(), want)
 		}
@@ -343,7 +316,7 @@ func testReconnect(t *testing.T, abrupt bool, round int) {
 	if err := q.PublishCancel(ctx, []byte("cancel")); err != nil {
 		t.Fatalf("PublishCancel after reconnecting: %v", err)
 	}
-	if d := recv(t, cancels); string(d.Body()) != "cancel" {
+	if d := queuetest.Recv(t, cancels); string(d.Body()) != "cancel" {
 		t.Fatalf("cancel %q, want %q", d.Body(), "cancel")
 	} else if err := d.Ack(); err != nil {
 		t.Fatalf("Ack: %v", err)
@@ -355,7 +328,7 @@ func testReconnect(t *testing.T, abrupt bool, round int) {
 	if err := q.PublishJob(ctx, label, []byte("after")); err != nil {
 		t.Fatalf("PublishJob after reconnecting: %v", err)
 	}
-	if d := recv(t, jobs); string(d.Body()) != "after" {
+	if d := queuetest.Recv(t, jobs); string(d.Body()) != "after" {
 		t.Fatalf("job %q, want after", d.Body())
 	} else if err := d.Ack(); err != nil {
 		t.Fatalf("Ack: %v", err)

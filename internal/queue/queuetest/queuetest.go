@@ -100,9 +100,9 @@ func body(t *testing.T, i int) []byte {
 	return fmt.Appendf(nil, `{"test":%q,"n":%d,"r":%q}`, t.Name(), i, randHex(t))
 }
 
-// recv waits for the next delivery, failing the test if the channel closes
+// Recv waits for the next delivery, failing the test if the channel closes
 // or nothing arrives in waitLong.
-func recv(t *testing.T, ch <-chan queue.Delivery) queue.Delivery {
+func Recv(t *testing.T, ch <-chan queue.Delivery) queue.Delivery {
 	t.Helper()
 	select {
 	case d, ok := <-ch:
@@ -116,8 +116,8 @@ func recv(t *testing.T, ch <-chan queue.Delivery) queue.Delivery {
 	return nil
 }
 
-// quiet fails the test if a delivery arrives within waitQuiet.
-func quiet(t *testing.T, ch <-chan queue.Delivery) {
+// Quiet fails the test if a delivery arrives within waitQuiet.
+func Quiet(t *testing.T, ch <-chan queue.Delivery) {
 	t.Helper()
 	select {
 	case d, ok := <-ch:
@@ -197,7 +197,7 @@ func testJobRoundTrip(t *testing.T, q queue.Queue) {
 	publishJob(t, q, label, want)
 
 	ch := consumeJobs(t, t.Context(), q, []string{label}, 1)
-	d := recv(t, ch)
+	d := Recv(t, ch)
 	if !bytes.Equal(d.Body(), want) {
 		t.Fatalf("body = %q, want %q", d.Body(), want)
 	}
@@ -205,7 +205,7 @@ func testJobRoundTrip(t *testing.T, q queue.Queue) {
 		t.Error("first delivery is marked redelivered")
 	}
 	ack(t, d)
-	quiet(t, ch)
+	Quiet(t, ch)
 }
 
 func testBodiesUnchanged(t *testing.T, q queue.Queue) {
@@ -237,13 +237,13 @@ func testBodiesUnchanged(t *testing.T, q queue.Queue) {
 	}
 	ch := consumeJobs(t, t.Context(), q, []string{label}, 1)
 	for i, want := range bodies {
-		d := recv(t, ch)
+		d := Recv(t, ch)
 		if !bytes.Equal(d.Body(), want) {
 			t.Errorf("body %d: got %d bytes, want %d bytes (%.40q…)", i, len(d.Body()), len(want), want)
 		}
 		ack(t, d)
 	}
-	quiet(t, ch)
+	Quiet(t, ch)
 }
 
 func testSeveralLabels(t *testing.T, q queue.Queue) {
@@ -258,14 +258,14 @@ func testSeveralLabels(t *testing.T, q queue.Queue) {
 	}
 	ch := consumeJobs(t, t.Context(), q, []string{a, b}, 2)
 	for range len(want) {
-		d := recv(t, ch)
+		d := Recv(t, ch)
 		if !want[string(d.Body())] {
 			t.Fatalf("unexpected or duplicate body %q", d.Body())
 		}
 		delete(want, string(d.Body()))
 		ack(t, d)
 	}
-	quiet(t, ch)
+	Quiet(t, ch)
 }
 
 func testPrefetch(t *testing.T, q queue.Queue) {
@@ -277,23 +277,23 @@ func testPrefetch(t *testing.T, q queue.Queue) {
 	}
 	ch := consumeJobs(t, t.Context(), q, []string{label}, 2)
 	var held []queue.Delivery
-	held = append(held, recv(t, ch), recv(t, ch))
-	quiet(t, ch) // prefetch 2: nothing more until one is acked
+	held = append(held, Recv(t, ch), Recv(t, ch))
+	Quiet(t, ch) // prefetch 2: nothing more until one is acked
 
 	got := 2
 	for got < n {
 		ack(t, held[0])
 		held = held[1:]
-		held = append(held, recv(t, ch))
+		held = append(held, Recv(t, ch))
 		got++
 		if got < n {
-			quiet(t, ch)
+			Quiet(t, ch)
 		}
 	}
 	for _, d := range held {
 		ack(t, d)
 	}
-	quiet(t, ch)
+	Quiet(t, ch)
 }
 
 func testNackRequeue(t *testing.T, q queue.Queue) {
@@ -302,11 +302,11 @@ func testNackRequeue(t *testing.T, q queue.Queue) {
 	want := body(t, 0)
 	publishJob(t, q, label, want)
 	ch := consumeJobs(t, t.Context(), q, []string{label}, 1)
-	d := recv(t, ch)
+	d := Recv(t, ch)
 	if err := d.Nack(true); err != nil {
 		t.Fatalf("Nack(true): %v", err)
 	}
-	d = recv(t, ch)
+	d = Recv(t, ch)
 	if !bytes.Equal(d.Body(), want) {
 		t.Fatalf("redelivered body = %q, want %q", d.Body(), want)
 	}
@@ -314,7 +314,7 @@ func testNackRequeue(t *testing.T, q queue.Queue) {
 		t.Error("delivery after Nack(true) is not marked redelivered")
 	}
 	ack(t, d)
-	quiet(t, ch)
+	Quiet(t, ch)
 }
 
 func testNackDrop(t *testing.T, q queue.Queue) {
@@ -322,10 +322,10 @@ func testNackDrop(t *testing.T, q queue.Queue) {
 	declare(t, q, label)
 	publishJob(t, q, label, body(t, 0))
 	ch := consumeJobs(t, t.Context(), q, []string{label}, 1)
-	if err := recv(t, ch).Nack(false); err != nil {
+	if err := Recv(t, ch).Nack(false); err != nil {
 		t.Fatalf("Nack(false): %v", err)
 	}
-	quiet(t, ch)
+	Quiet(t, ch)
 }
 
 func testConsumerCancelReturnsUnacked(t *testing.T, q queue.Queue) {
@@ -341,7 +341,7 @@ func testConsumerCancelReturnsUnacked(t *testing.T, q queue.Queue) {
 	ctx, cancel := context.WithCancel(t.Context())
 	defer cancel()
 	ch := consumeJobs(t, ctx, q, []string{label}, 2)
-	first, second := recv(t, ch), recv(t, ch)
+	first, second := Recv(t, ch), Recv(t, ch)
 	ack(t, first)
 	delete(want, string(first.Body()))
 	_ = second // left unacked
@@ -350,7 +350,7 @@ func testConsumerCancelReturnsUnacked(t *testing.T, q queue.Queue) {
 
 	ch2 := consumeJobs(t, t.Context(), q, []string{label}, 5)
 	for range len(want) {
-		d := recv(t, ch2)
+		d := Recv(t, ch2)
 		if !want[string(d.Body())] {
 			t.Fatalf("unexpected or duplicate body %q (an acked message came back?)", d.Body())
 		}
@@ -360,7 +360,7 @@ func testConsumerCancelReturnsUnacked(t *testing.T, q queue.Queue) {
 		}
 		ack(t, d)
 	}
-	quiet(t, ch2)
+	Quiet(t, ch2)
 }
 
 func testConcurrentJobs(t *testing.T, q queue.Queue) {
@@ -439,13 +439,13 @@ func testEventsInOrder(t *testing.T, q queue.Queue) {
 		}
 	}
 	for i := range n {
-		d := recv(t, ch)
+		d := Recv(t, ch)
 		if !bytes.Equal(d.Body(), want[i]) {
 			t.Fatalf("event %d = %q, want %q", i, d.Body(), want[i])
 		}
 		ack(t, d)
 	}
-	quiet(t, ch)
+	Quiet(t, ch)
 }
 
 func testEventsWaitForConsumer(t *testing.T, q queue.Queue) {
@@ -479,13 +479,13 @@ func testEventsWaitForConsumer(t *testing.T, q queue.Queue) {
 		t.Fatalf("ConsumeEvents again: %v", err)
 	}
 	for i := range n {
-		d := recv(t, ch)
+		d := Recv(t, ch)
 		if !bytes.Equal(d.Body(), want[i]) {
 			t.Fatalf("event %d = %q, want %q", i, d.Body(), want[i])
 		}
 		ack(t, d)
 	}
-	quiet(t, ch)
+	Quiet(t, ch)
 }
 
 func testCancelFanOut(t *testing.T, q queue.Queue) {
