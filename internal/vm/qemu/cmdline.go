@@ -15,6 +15,9 @@ const (
 	pciSeed = "0x5"
 )
 
+// seedCD is the device id of the CD drive that holds an ISO seed.
+const seedCD = "seedcd"
+
 // layout is where a machine's files live (all inside its runtime folder).
 type layout struct {
 	Dir        string
@@ -118,7 +121,7 @@ func qemuArgs(spec vm.Spec, l layout, accel, network string, sshPort int) ([]str
 	a = append(a, "-drive", "file="+l.Seed+",if=none,id=seed0,format=raw,readonly=on")
 	switch e.Seed {
 	case "", "iso":
-		a = append(a, "-device", "ide-cd,drive=seed0,bus=ide.1,unit=0")
+		a = append(a, "-device", "ide-cd,id="+seedCD+",drive=seed0,bus=ide.1,unit=0")
 	case "fat":
 		a = append(a, "-device", "virtio-blk-pci,drive=seed0,bus=pci.0,addr="+pciSeed)
 	default:

@@ -362,8 +362,13 @@ func (m *machine) WaitReady(ctx context.Context) error {
 		return errors.New("vm destroyed while booting")
 	}
 	m.client = c
-	// The seed's job is done: eject it so nothing in the guest reads it later.
-	_, _ = qmpRun(ctx, m.l.QMP, "eject", map[string]any{"id": "seed0", "force": true})
+	// The seed's job is done: eject an ISO seed so nothing in the guest reads
+	// it later (a FAT seed is a fixed disk and stays).
+	if m.spec.Image.Seed == "" || m.spec.Image.Seed == "iso" {
+		if _, err := qmpRun(ctx, m.l.QMP, "eject", map[string]any{"id": seedCD, "force": true}); err != nil {
+			m.b.cfg.Log.Warn("ejecting the seed", "job", m.spec.JobID, "err", err)
+		}
+	}
 	return nil
 }
 

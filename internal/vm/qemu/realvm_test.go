@@ -122,6 +122,18 @@ func TestRealVM(t *testing.T) {
 	t.Logf("host-side preparation %v, boot to SSH %v (TCG)", prepared.Round(time.Millisecond), time.Since(start).Round(time.Second))
 	h = m.Handle()
 
+	// The seed was ejected once the guest was up.
+	raw, err := qmpRun(ctx, h.QMP, "query-block", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(raw), `"qdev": "`+seedCD) && !strings.Contains(string(raw), `"qdev":"`+seedCD) {
+		t.Fatalf("query-block does not list the seed drive: %s", raw)
+	}
+	if strings.Contains(string(raw), "seed.img") {
+		t.Fatalf("the seed is still inserted: %s", raw)
+	}
+
 	// A command's output, stderr and exit code come back.
 	var out, errOut bytes.Buffer
 	code, err := m.Exec(ctx, "uname -s; echo to-stderr >&2; exit 7", nil, &out, &errOut)
