@@ -30,6 +30,8 @@ build: agents
 test: build
 	$(GO) vet ./...
 	CI=$${CI:-true} $(GO) test -count=1 -timeout 45m ./...
+	# Restarts the machine's RabbitMQ and PostgreSQL: alone, after the rest.
+	CI=$${CI:-true} SOLSTICE_TEST_RESTART_SERVICES=1 $(GO) test -count=1 -run TestCrashServicesRestart ./internal/orchestrator/
 
 ## test-short: unit tests only (no VM, no services)
 test-short:

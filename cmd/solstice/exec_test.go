@@ -11,7 +11,6 @@ import (
 
 	"github.com/solstice-ci/solstice/internal/agentbin"
 	"github.com/solstice-ci/solstice/internal/netnstest"
-	"github.com/solstice-ci/solstice/internal/vm/image"
 )
 
 // TestExecEndToEnd runs `solstice exec` on the example workflow: a matrix
@@ -27,15 +26,7 @@ func TestExecEndToEnd(t *testing.T) {
 		t.Fatalf("%v (make test builds and embeds the agents first)", err)
 	}
 	if !netnstest.Inside() {
-		// Build the image outside the namespace (debootstrap needs the
-		// package mirror); the cache is outside the clone.
-		cat, _ := image.DefaultCatalog()
-		e, _ := cat.Lookup("linux-test")
-		c := &image.Cache{Dir: image.DefaultCacheDir()}
-		var log bytes.Buffer
-		if _, err := c.Ensure(t.Context(), e, &log); err != nil {
-			t.Fatalf("building linux-test: %v\n%s", err, log.String())
-		}
+		ensureLinuxTest(t)
 	}
 	if netnstest.Reexec(t, "TestExecEndToEnd") {
 		return

@@ -33,6 +33,7 @@ import (
 type orchFlags struct {
 	imgs        imageFlags
 	amqpURL     string
+	amqpPrefix  string
 	databaseURL string
 	dataDir     string
 	host        string
@@ -49,6 +50,7 @@ type orchFlags struct {
 func (f *orchFlags) register(fs *flag.FlagSet, env *cliEnv) {
 	f.imgs.register(fs)
 	fs.StringVar(&f.amqpURL, "amqp-url", env.getenv("SOLSTICE_AMQP_URL"), "RabbitMQ URL (env SOLSTICE_AMQP_URL); empty: the in-process queue")
+	fs.StringVar(&f.amqpPrefix, "amqp-prefix", envOr(env, "SOLSTICE_AMQP_PREFIX", "solstice"), "first part of every RabbitMQ exchange and queue name (env SOLSTICE_AMQP_PREFIX); setups sharing a broker use different prefixes")
 	fs.StringVar(&f.databaseURL, "database-url", env.getenv("SOLSTICE_DATABASE_URL"), "PostgreSQL URL (env SOLSTICE_DATABASE_URL); empty: SQLite in -data-dir")
 	fs.StringVar(&f.dataDir, "data-dir", defaultDataDir(env), "folder of the SQLite database")
 	fs.StringVar(&f.host, "host", "", "name of this host in job leases (default: the host name); keep it stable across restarts")
@@ -60,6 +62,14 @@ func (f *orchFlags) register(fs *flag.FlagSet, env *cliEnv) {
 	fs.StringVar(&f.runtimeDir, "runtime-dir", qemu.DefaultRuntimeDir(), "folder for the VMs' sockets, overlays and seeds")
 	fs.DurationVar(&f.drain, "drain-timeout", 10*time.Minute, "on SIGTERM, how long running jobs may go on before they are stopped")
 	fs.BoolVar(&f.verbose, "v", false, "debug logging")
+}
+
+// envOr returns the environment variable name, or def when it is empty.
+func envOr(env *cliEnv, name, def string) string {
+	if v := env.getenv(name); v != "" {
+		return v
+	}
+	return def
 }
 
 func defaultDataDir(env *cliEnv) string {
@@ -112,7 +122,7 @@ func runOrchestrator(ctx context.Context, env *cliEnv, f *orchFlags) error {
 	}
 	var q queue.Queue
 	if f.amqpURL != "" {
-		q, err = amqpq.Open(ctx, f.amqpURL, amqpq.Options{Log: log})
+		q, err = amqpq.Open(ctx, f.amqpURL, amqpq.Options{Prefix: f.amqpPrefix, Log: log})
 	} else {
 		q = memq.New()
 	}
