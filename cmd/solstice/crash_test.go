@@ -175,7 +175,7 @@ func TestCrashRealVM(t *testing.T) {
 		Source:  jobspec.Source{Platform: jobspec.PlatformLocal, Instance: route, TaskID: "crash"},
 		Project: "test/crash", RepoURL: "file:///nonexistent", CommitSHA: strings.Repeat("0", 40), RunsOn: "linux-test",
 		Network: jobspec.NetworkNone, Checkout: agentapi.Checkout{Skip: true},
-		Steps:   []agentapi.Step{{Name: "long", Run: "echo in-the-vm; sleep 600"}}, Secrets: sealed}
+		Steps: []agentapi.Step{{Name: "long", Run: "echo in-the-vm; sleep 600"}}, Secrets: sealed}
 	body, err := jobspec.Marshal(req)
 	if err != nil {
 		t.Fatal(err)
