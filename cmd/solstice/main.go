@@ -34,6 +34,7 @@ type cliEnv struct {
 func commands() map[string]command {
 	return map[string]command{
 		"exec":         execCmd(),
+		"forgejo":      forgejoCmd(),
 		"image":        imageCmd(),
 		"orchestrator": orchestratorCmd(),
 		"serve":        serveCmd(),

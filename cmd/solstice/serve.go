@@ -17,7 +17,10 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"golang.org/x/sync/errgroup"
+
 	"github.com/solstice-ci/solstice/internal/agentbin"
+	"github.com/solstice-ci/solstice/internal/forgejo"
 	"github.com/solstice-ci/solstice/internal/jobspec"
 	"github.com/solstice-ci/solstice/internal/orchestrator"
 	"github.com/solstice-ci/solstice/internal/queue"
@@ -44,7 +47,12 @@ type orchFlags struct {
 	accel       string
 	runtimeDir  string
 	drain       time.Duration
+	network     string
 	verbose     bool
+	// forgejoRunner is the .runner file of a Forgejo runner daemon that
+	// serve runs beside the orchestrator; empty: none.
+	forgejoRunner string
+	forgejo       forgejoFlags
 }
 
 func (f *orchFlags) register(fs *flag.FlagSet, env *cliEnv) {
@@ -61,6 +69,7 @@ func (f *orchFlags) register(fs *flag.FlagSet, env *cliEnv) {
 	fs.StringVar(&f.accel, "accel", "auto", "auto (KVM when a probe VM works, else TCG), kvm or tcg")
 	fs.StringVar(&f.runtimeDir, "runtime-dir", qemu.DefaultRuntimeDir(), "folder for the VMs' sockets, overlays and seeds")
 	fs.DurationVar(&f.drain, "drain-timeout", 10*time.Minute, "on SIGTERM, how long running jobs may go on before they are stopped")
+	fs.StringVar(&f.network, "network", "", "force the network of every VM: none (no egress at all) or egress; empty: what each job asks")
 	fs.BoolVar(&f.verbose, "v", false, "debug logging")
 }
 
@@ -82,14 +91,75 @@ func defaultDataDir(env *cliEnv) string {
 	return "/var/lib/solstice"
 }
 
-// runOrchestrator opens the queue and store f names and runs an
-// orchestrator until ctx ends.
-func runOrchestrator(ctx context.Context, env *cliEnv, f *orchFlags) error {
+// backbone is what every service process opens: the queue, the store and
+// the sealer of job secrets.
+type backbone struct {
+	q      queue.Queue
+	st     store.Store
+	sealer *jobspec.Sealer
+	log    *slog.Logger
+}
+
+func (b *backbone) Close() {
+	if b.q != nil {
+		b.q.Close()
+	}
+	if b.st != nil {
+		b.st.Close()
+	}
+}
+
+// openBackbone opens the queue and store f names: RabbitMQ and PostgreSQL
+// when their URLs are set, else the in-process queue and SQLite.
+func (f *orchFlags) openBackbone(ctx context.Context, env *cliEnv) (*backbone, error) {
 	level := slog.LevelInfo
 	if f.verbose {
 		level = slog.LevelDebug
 	}
-	log := slog.New(slog.NewTextHandler(env.stderr, &slog.HandlerOptions{Level: level}))
+	b := &backbone{log: slog.New(slog.NewTextHandler(env.stderr, &slog.HandlerOptions{Level: level}))}
+	var key []byte
+	var err error
+	switch {
+	case f.sealingKey != "":
+		if key, err = jobspec.ParseKey(f.sealingKey); err != nil {
+			return nil, err
+		}
+	case f.amqpURL != "":
+		return nil, errors.New("a multi-host setup needs -sealing-key (or SOLSTICE_SEALING_KEY) shared by daemons and orchestrators")
+	default:
+		key = jobspec.NewKey() // one process: the daemons beside us use the same key
+	}
+	if b.sealer, err = jobspec.NewSealer(key); err != nil {
+		return nil, err
+	}
+	if f.amqpURL != "" {
+		b.q, err = amqpq.Open(ctx, f.amqpURL, amqpq.Options{Prefix: f.amqpPrefix, Log: b.log})
+	} else {
+		b.q = memq.New()
+	}
+	if err != nil {
+		return nil, err
+	}
+	if f.databaseURL != "" {
+		b.st, err = postgres.Open(ctx, f.databaseURL)
+	} else {
+		if err = os.MkdirAll(f.dataDir, 0o700); err != nil {
+			err = fmt.Errorf("creating data folder: %w", err)
+		} else {
+			b.st, err = sqlite.Open(ctx, filepath.Join(f.dataDir, "solstice.db"))
+		}
+	}
+	if err != nil {
+		b.Close()
+		return nil, err
+	}
+	return b, nil
+}
+
+// runOrchestrator opens the queue and store f names and runs an
+// orchestrator until ctx ends, and beside it the Forgejo runner daemon when
+// f names its credentials.
+func runOrchestrator(ctx context.Context, env *cliEnv, f *orchFlags) error {
 	cat, cache, err := f.imgs.open()
 	if err != nil {
 		return err
@@ -105,48 +175,22 @@ func runOrchestrator(ctx context.Context, env *cliEnv, f *orchFlags) error {
 			labels = append(labels, l)
 		}
 	}
-	var key []byte
-	switch {
-	case f.sealingKey != "":
-		if key, err = jobspec.ParseKey(f.sealingKey); err != nil {
+	var fj *forgejo.Daemon
+	bb, err := f.openBackbone(ctx, env)
+	if err != nil {
+		return err
+	}
+	defer bb.Close()
+	q, st, sealer, log := bb.q, bb.st, bb.sealer, bb.log
+	if f.forgejoRunner != "" {
+		if fj, err = f.forgejo.daemon(bb, f.forgejoRunner, cat); err != nil {
 			return err
 		}
-	case f.amqpURL != "":
-		return errors.New("a multi-host setup needs -sealing-key (or SOLSTICE_SEALING_KEY) shared by daemons and orchestrators")
-	default:
-		key = jobspec.NewKey() // one process: the daemons beside us use the same key
 	}
-	sealer, err := jobspec.NewSealer(key)
-	if err != nil {
-		return err
-	}
-	var q queue.Queue
-	if f.amqpURL != "" {
-		q, err = amqpq.Open(ctx, f.amqpURL, amqpq.Options{Prefix: f.amqpPrefix, Log: log})
-	} else {
-		q = memq.New()
-	}
-	if err != nil {
-		return err
-	}
-	defer q.Close()
-	var st store.Store
-	if f.databaseURL != "" {
-		st, err = postgres.Open(ctx, f.databaseURL)
-	} else {
-		if err := os.MkdirAll(f.dataDir, 0o700); err != nil {
-			return fmt.Errorf("creating data folder: %w", err)
-		}
-		st, err = sqlite.Open(ctx, filepath.Join(f.dataDir, "solstice.db"))
-	}
-	if err != nil {
-		return err
-	}
-	defer st.Close()
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	o, err := orchestrator.New(orchestrator.Config{
-		Host: f.host, Labels: labels, MaxJobs: f.maxJobs, DrainTimeout: f.drain,
+		Host: f.host, Labels: labels, MaxJobs: f.maxJobs, DrainTimeout: f.drain, Network: f.network,
 	}, orchestrator.Deps{
 		Queue: q, Store: st, Sealer: sealer, Log: log, Metrics: orchestrator.NewMetrics(reg),
 		Backend: qemu.New(qemu.Config{RuntimeDir: f.runtimeDir, Accel: f.accel, Log: log}),
@@ -178,7 +222,13 @@ func runOrchestrator(ctx context.Context, env *cliEnv, f *orchFlags) error {
 	log.Info("orchestrator starting", "labels", labels, "max_jobs", f.maxJobs,
 		"queue", map[bool]string{true: "rabbitmq", false: "in-process"}[f.amqpURL != ""],
 		"store", map[bool]string{true: "postgresql", false: "sqlite"}[f.databaseURL != ""])
-	return o.Run(ctx)
+	if fj == nil {
+		return o.Run(ctx)
+	}
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return o.Run(gctx) })
+	g.Go(func() error { return fj.Run(gctx) })
+	return g.Wait()
 }
 
 func serveCmd() command {
@@ -187,6 +237,8 @@ func serveCmd() command {
 		fs.SetOutput(env.stderr)
 		var f orchFlags
 		f.register(fs, env)
+		fs.StringVar(&f.forgejoRunner, "forgejo-runner", env.getenv("SOLSTICE_FORGEJO_RUNNER"), "the .runner file of `solstice forgejo register` (env SOLSTICE_FORGEJO_RUNNER): run the Forgejo runner daemon in this process too")
+		f.forgejo.register(fs)
 		if err := fs.Parse(args); err != nil {
 			return exitError{2}
 		}

@@ -1062,3 +1062,19 @@ func (r *reporter) sendFinal(ctx context.Context) error {
 		}
 	})
 }
+
+// JobFinished reports whether the job's own result is known: a
+// job_finished event (or FinishResult) set it. An error event alone makes
+// Done true but is normally followed by job_finished.
+func (r *reporter) JobFinished() bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.st.JobResult
+}
+
+// Result is the task result as reported (UNSPECIFIED until the job ended).
+func (r *reporter) Result() runnerv1.Result {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.st.Result
+}

@@ -106,7 +106,7 @@ func (r *run) provisionAndRun(ctx context.Context, from *store.State) (agentOutc
 		return agentOutcome{}, r.ctxOr(ctx, errored("preparing the image of %s: %v", r.req.RunsOn, err))
 	}
 	spec := vm.Spec{JobID: r.req.JobID, Image: entry, BaseImage: local.Disk, Kernel: local.Kernel, Initrd: local.Initrd,
-		Network: r.req.Network, BootTimeout: o.cfg.BootTimeout}
+		Network: o.network(r.req.Network), BootTimeout: o.cfg.BootTimeout}
 	m, err := o.deps.Backend.Create(ctx, spec)
 	if err != nil {
 		return agentOutcome{}, r.ctxOr(ctx, errored("creating the VM: %v", err))

@@ -63,9 +63,22 @@ type Config struct {
 	// DrainTimeout is how long Run waits for running jobs after its ctx
 	// ends before it stops them (0 = stop them at once).
 	DrainTimeout time.Duration
+	// Network, when set (jobspec.NetworkNone), is the network mode of
+	// every VM of this host whatever the job asks: a host whose guests
+	// must never reach out. Empty: each job's own mode.
+	Network string
 	// LocalBundleDir, when set, lets jobs from platform "local" (solstice
 	// exec) ship a git bundle from inside this folder into the VM.
 	LocalBundleDir string
+}
+
+// network is the network mode of a job's VM: the host's forced mode, else
+// the job's.
+func (o *Orchestrator) network(job string) string {
+	if o.cfg.Network != "" {
+		return o.cfg.Network
+	}
+	return job
 }
 
 func (c *Config) setDefaults() error {
@@ -93,6 +106,11 @@ func (c *Config) setDefaults() error {
 	}
 	if c.JobTimeout <= 0 {
 		c.JobTimeout = 6 * time.Hour
+	}
+	switch c.Network {
+	case "", jobspec.NetworkNone, jobspec.NetworkEgress:
+	default:
+		return fmt.Errorf("orchestrator config: network %q, want %q or %q", c.Network, jobspec.NetworkNone, jobspec.NetworkEgress)
 	}
 	if c.LogFlushInterval <= 0 || c.LogFlushInterval > 250*time.Millisecond {
 		c.LogFlushInterval = 250 * time.Millisecond
