@@ -196,7 +196,9 @@ func waitDone(t *testing.T, s *fakeforgejo.Server, id int64, timeout time.Durati
 	t.Helper()
 	ctx, cancel := context.WithTimeout(t.Context(), timeout)
 	defer cancel()
-	v, err := s.WaitTask(ctx, id, func(v fakeforgejo.TaskView) bool { return v.Archived && v.ReportedResult != runnerv1.Result_RESULT_UNSPECIFIED })
+	v, err := s.WaitTask(ctx, id, func(v fakeforgejo.TaskView) bool {
+		return v.Archived && v.ReportedResult != runnerv1.Result_RESULT_UNSPECIFIED
+	})
 	if err != nil {
 		t.Fatalf("task %d not reported in %v: %v\nlog:\n%s", id, timeout, err, v.Log())
 	}
