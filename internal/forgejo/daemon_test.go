@@ -72,7 +72,7 @@ func serviceURLs() (string, string) {
 	return a, d
 }
 
-func openPair(t *testing.T, name string) pair {
+func openPair(t testing.TB, name string) pair {
 	t.Helper()
 	switch name {
 	case "embedded":
@@ -100,7 +100,7 @@ func openPair(t *testing.T, name string) pair {
 	}
 }
 
-func servicesMissing(t *testing.T, err error) {
+func servicesMissing(t testing.TB, err error) {
 	t.Helper()
 	if os.Getenv("CI") == "true" {
 		t.Fatalf("RabbitMQ/PostgreSQL not reachable (CI=true: the test must run): %v", err)
@@ -130,7 +130,7 @@ func (localImages) Resolve(_ context.Context, l string, _ io.Writer) (image.Entr
 
 // startOrchestrator runs an orchestrator for label on p with the
 // local-process stand-in; it returns the stand-in's machine folder.
-func startOrchestrator(t *testing.T, p pair, sealer *jobspec.Sealer) string {
+func startOrchestrator(t testing.TB, p pair, sealer *jobspec.Sealer) string {
 	t.Helper()
 	bin, err := os.ReadFile(agentPath(t))
 	if err != nil {
@@ -158,7 +158,7 @@ func startOrchestrator(t *testing.T, p pair, sealer *jobspec.Sealer) string {
 }
 
 // register registers a runner with the fake server.
-func register(t *testing.T, url string, labels ...string) forgejo.Credentials {
+func register(t testing.TB, url string, labels ...string) forgejo.Credentials {
 	t.Helper()
 	var full []string
 	for _, l := range labels {
@@ -172,7 +172,7 @@ func register(t *testing.T, url string, labels ...string) forgejo.Credentials {
 	return c
 }
 
-func startDaemon(t *testing.T, p pair, sealer *jobspec.Sealer, creds forgejo.Credentials, labels ...string) {
+func startDaemon(t testing.TB, p pair, sealer *jobspec.Sealer, creds forgejo.Credentials, labels ...string) {
 	t.Helper()
 	d, err := forgejo.New(forgejo.Config{Credentials: creds, Labels: labels, Capacity: 2,
 		FetchInterval: 100 * time.Millisecond, ReportInterval: 200 * time.Millisecond, Version: "test",
