@@ -124,7 +124,7 @@ func forgejoRun(ctx context.Context, env *cliEnv, args []string) error {
 	fs := flag.NewFlagSet("forgejo run", flag.ContinueOnError)
 	fs.SetOutput(env.stderr)
 	var f orchFlags
-	f.register(fs, env)
+	f.registerBackbone(fs, env)
 	f.forgejo.register(fs)
 	file := fs.String("runner", envOr(env, "SOLSTICE_FORGEJO_RUNNER", ".runner"), "the credentials file of forgejo register (env SOLSTICE_FORGEJO_RUNNER)")
 	if err := fs.Parse(args); err != nil {

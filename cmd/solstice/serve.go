@@ -56,20 +56,26 @@ type orchFlags struct {
 }
 
 func (f *orchFlags) register(fs *flag.FlagSet, env *cliEnv) {
+	f.registerBackbone(fs, env)
+	fs.StringVar(&f.host, "host", "", "name of this host in job leases (default: the host name); keep it stable across restarts")
+	fs.StringVar(&f.labels, "labels", "", "comma-separated runs-on labels this host serves (default: every catalog label)")
+	fs.IntVar(&f.maxJobs, "max-jobs", 1, "jobs (VMs) running at once on this host")
+	fs.StringVar(&f.listen, "listen", "127.0.0.1:9464", "address of /metrics and /healthz; empty: none")
+	fs.StringVar(&f.accel, "accel", "auto", "auto (KVM when a probe VM works, else TCG), kvm or tcg")
+	fs.StringVar(&f.runtimeDir, "runtime-dir", qemu.DefaultRuntimeDir(), "folder for the VMs' sockets, overlays and seeds")
+	fs.DurationVar(&f.drain, "drain-timeout", 10*time.Minute, "on SIGTERM, how long running jobs may go on before they are stopped")
+	fs.StringVar(&f.network, "network", "", "force the network of every VM: none (no egress at all) or egress; empty: what each job asks")
+}
+
+// registerBackbone registers the flags of the queue, the store, the
+// sealing key, the images and logging: what every service needs.
+func (f *orchFlags) registerBackbone(fs *flag.FlagSet, env *cliEnv) {
 	f.imgs.register(fs)
 	fs.StringVar(&f.amqpURL, "amqp-url", env.getenv("SOLSTICE_AMQP_URL"), "RabbitMQ URL (env SOLSTICE_AMQP_URL); empty: the in-process queue")
 	fs.StringVar(&f.amqpPrefix, "amqp-prefix", envOr(env, "SOLSTICE_AMQP_PREFIX", "solstice"), "first part of every RabbitMQ exchange and queue name (env SOLSTICE_AMQP_PREFIX); setups sharing a broker use different prefixes")
 	fs.StringVar(&f.databaseURL, "database-url", env.getenv("SOLSTICE_DATABASE_URL"), "PostgreSQL URL (env SOLSTICE_DATABASE_URL); empty: SQLite in -data-dir")
 	fs.StringVar(&f.dataDir, "data-dir", defaultDataDir(env), "folder of the SQLite database")
-	fs.StringVar(&f.host, "host", "", "name of this host in job leases (default: the host name); keep it stable across restarts")
-	fs.StringVar(&f.labels, "labels", "", "comma-separated runs-on labels this host serves (default: every catalog label)")
-	fs.IntVar(&f.maxJobs, "max-jobs", 1, "jobs (VMs) running at once on this host")
-	fs.StringVar(&f.listen, "listen", "127.0.0.1:9464", "address of /metrics and /healthz; empty: none")
 	fs.StringVar(&f.sealingKey, "sealing-key", env.getenv("SOLSTICE_SEALING_KEY"), "key that opens job secrets, base64 or hex (env SOLSTICE_SEALING_KEY); every daemon and orchestrator of a setup shares it")
-	fs.StringVar(&f.accel, "accel", "auto", "auto (KVM when a probe VM works, else TCG), kvm or tcg")
-	fs.StringVar(&f.runtimeDir, "runtime-dir", qemu.DefaultRuntimeDir(), "folder for the VMs' sockets, overlays and seeds")
-	fs.DurationVar(&f.drain, "drain-timeout", 10*time.Minute, "on SIGTERM, how long running jobs may go on before they are stopped")
-	fs.StringVar(&f.network, "network", "", "force the network of every VM: none (no egress at all) or egress; empty: what each job asks")
 	fs.BoolVar(&f.verbose, "v", false, "debug logging")
 }
 
