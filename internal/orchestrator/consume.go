@@ -12,9 +12,13 @@ import (
 )
 
 // consume takes jobs while ctx lives. It consumes only the labels that have
-// room, with a prefetch of the free slots, and re-subscribes whenever that
-// changes, so the broker never hands this host more jobs than it can start
-// now and no delivery waits unacked for a slot.
+// room, with a prefetch of the free slots, and re-subscribes when the labels
+// with room change, when room grows past that prefetch, and when no room is
+// left, so no delivery waits unacked for a slot. While this host takes jobs
+// the room shrinks by one per job without a re-subscribe (that cost one
+// consumer restart, and the return of every prefetched delivery, per job):
+// the slot taken in accept guards the limits, and when the last slot goes
+// the deliveries still buffered return to the queue.
 func (o *Orchestrator) consume(ctx, jobsCtx context.Context) error {
 	retry := newBackoff(500*time.Millisecond, 30*time.Second)
 	for ctx.Err() == nil {
@@ -48,8 +52,9 @@ func (o *Orchestrator) consume(ctx, jobsCtx context.Context) error {
 	return nil
 }
 
-// takeDeliveries accepts deliveries until the consumer ends or the room it
-// was made for changes.
+// takeDeliveries accepts deliveries until the consumer ends, the labels with
+// room change, the room grows past free (the consumer's prefetch) or no room
+// is left.
 func (o *Orchestrator) takeDeliveries(ctx, jobsCtx context.Context, ch <-chan queue.Delivery, labels []string, free int, changed <-chan struct{}) {
 	for {
 		select {
@@ -59,7 +64,7 @@ func (o *Orchestrator) takeDeliveries(ctx, jobsCtx context.Context, ch <-chan qu
 			var l []string
 			var f int
 			l, f, changed = o.slots.room(o.cfg.Labels)
-			if f != free || !slices.Equal(l, labels) {
+			if f == 0 || f > free || !slices.Equal(l, labels) {
 				return
 			}
 		case d, ok := <-ch:

@@ -1,0 +1,75 @@
+// The fast path for agent log lines (decodeLogEvent) must agree with
+// encoding/json on every input it accepts, and accept every plain line the
+// agent writes.
+
+package orchestrator
+
+import (
+	"encoding/json"
+	"reflect"
+	"testing"
+	"time"
+
+	"github.com/solstice-ci/solstice/internal/agentapi"
+)
+
+func FuzzDecodeLogEvent(f *testing.F) {
+	for _, s := range []string{
+		`{"seq":1,"kind":"log","time":"2026-01-02T03:04:05.123456789Z","step":0,"stream":"stdout","line":"hello"}` + "\n",
+		`{"seq":1,"kind":"log","time":"2026-01-02T03:04:05.123456789Z","step":0,"stream":"stdout","line":"hello","exit_code":0}` + "\n",
+		`{"seq":-0,"kind":"log","time":"2026-01-02T03:04:05+02:00","step":-1,"exit_code":0}`,
+		`{"seq":01,"kind":"log","time":"2026-01-02T03:04:05Z","step":1,"line":"a\u00e9","exit_code":0}` + "\r\n",
+		`{"seq":1,"kind":"log","time":"2026-01-02T03:04:05Z","step":1,"line":"é \xff","exit_code":0} `,
+		`{"seq":9223372036854775808,"kind":"log","time":"2026-01-02T03:04:05Z","step":1,"line":"x","exit_code":0}`,
+	} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, raw []byte) {
+		var a agentapi.Event
+		if !decodeLogEvent(raw, &a) {
+			return
+		}
+		var b agentapi.Event
+		if err := json.Unmarshal(raw, &b); err != nil {
+			t.Fatalf("fast path accepted %q, json: %v", raw, err)
+		}
+		if !reflect.DeepEqual(a, b) {
+			t.Fatalf("%q: fast %+v, json %+v", raw, a, b)
+		}
+	})
+}
+
+func FuzzDecodeLogEventEncoded(f *testing.F) {
+	f.Add(int64(1), 0, "stdout", "hello world", int64(1700000000123456789), 0)
+	f.Add(int64(5), -1, "", "", int64(0), 3600)
+	f.Add(int64(5), 2, "stderr", "a\"b\\c<d>&\u2028\t", int64(-5), -7200)
+	f.Fuzz(func(t *testing.T, seq int64, step int, stream, line string, ns int64, off int) {
+		tm := time.Unix(0, ns).In(time.FixedZone("", (off%86400)/60*60))
+		if tm.Year() < 0 || tm.Year() > 9999 {
+			return
+		}
+		ev := agentapi.Event{Seq: seq, Kind: agentapi.KindLog, Time: tm, Step: step, Stream: stream, Line: line}
+		raw, err := json.Marshal(&ev)
+		if err != nil {
+			return
+		}
+		raw = append(raw, '\n')
+		var a, b agentapi.Event
+		fast := decodeLogEvent(raw, &a)
+		if err := json.Unmarshal(raw, &b); err != nil {
+			t.Fatal(err)
+		}
+		if fast && !reflect.DeepEqual(a, b) {
+			t.Fatalf("%q: fast %+v, json %+v", raw, a, b)
+		}
+		plain := true
+		for _, c := range []byte(stream + line) {
+			if c < 0x20 || c == '"' || c == '\\' || c == '<' || c == '>' || c == '&' || c >= 0x80 {
+				plain = false
+			}
+		}
+		if plain && !fast {
+			t.Fatalf("fast path refused %q", raw)
+		}
+	})
+}
