@@ -58,7 +58,6 @@ type harness struct {
 
 func newHarness(t *testing.T, maxJobs int) *harness {
 	t.Helper()
-	q := memq.New()
 	st, err := sqlite.Open(t.Context(), filepath.Join(t.TempDir(), "jobs.db"))
 	if err != nil {
 		t.Fatal(err)
@@ -67,11 +66,20 @@ func newHarness(t *testing.T, maxJobs int) *harness {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return newHarnessOn(t, orchestrator.Config{Host: "test-host", Labels: []string{"local-test"}, MaxJobs: maxJobs},
+		st, sealer, t.TempDir())
+}
+
+// newHarnessOn runs an orchestrator with cfg on st (which it closes at the
+// end) and the local-process stand-in in machines.
+func newHarnessOn(t *testing.T, cfg orchestrator.Config, st store.Store, sealer *jobspec.Sealer, machines string) *harness {
+	t.Helper()
+	q := memq.New()
 	bin := agentBinary(t)
-	o, err := orchestrator.New(orchestrator.Config{Host: "test-host", Labels: []string{"local-test"}, MaxJobs: maxJobs},
+	o, err := orchestrator.New(cfg,
 		orchestrator.Deps{
 			Queue: q, Store: st, Sealer: sealer,
-			Backend: &localproc.Backend{Dir: t.TempDir()},
+			Backend: &localproc.Backend{Dir: machines},
 			Images:  imagesAdapter{},
 			Agent:   func(string, string) ([]byte, error) { return bin, nil },
 			Log:     slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})),
