@@ -279,3 +279,41 @@ func TestForgejoKill9(t *testing.T) {
 		t.Fatal("the restarted daemon did not resume the task")
 	}
 }
+
+func TestForgejoRegisterCommand(t *testing.T) {
+	srv := fakeforgejo.New(fakeforgejo.Options{})
+	url := srv.Start(t)
+	dir := t.TempDir()
+	secret := strings.Repeat("ab12", 10)
+	cases := []struct {
+		name string
+		args []string
+		code int
+		want string
+	}{
+		{"token", []string{"-instance", url, "-token", fakeforgejo.DefaultRegistrationToken, "-labels", "linux-test,omnios-r151056:host"}, 0, "linux-test:host,omnios-r151056:host"},
+		{"bad token", []string{"-instance", url, "-token", "wrong", "-labels", "linux-test"}, 1, "invalid"},
+		{"label without image", []string{"-instance", url, "-token", fakeforgejo.DefaultRegistrationToken, "-labels", "ubuntu-latest"}, 1, "ubuntu-latest"},
+		{"docker label", []string{"-instance", url, "-token", fakeforgejo.DefaultRegistrationToken, "-labels", "linux-test:docker://debian"}, 1, "docker"},
+		{"offline secret", []string{"-instance", url, "-secret", secret, "-labels", "linux-test"}, 0, "uuid 61623132-6162-3132-6162-313261623132"},
+		{"short secret", []string{"-instance", url, "-secret", "abc"}, 1, "secret"},
+		{"token and secret", []string{"-instance", url, "-secret", secret, "-token", "x"}, 1, "exactly one"},
+	}
+	for i, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			var out strings.Builder
+			file := filepath.Join(dir, fmt.Sprintf("runner-%d", i))
+			code := run(t.Context(), &cliEnv{stdout: &out, stderr: &out, getenv: func(string) string { return "" }},
+				append([]string{"forgejo", "register", "-name", "r", "-runner", file}, c.args...))
+			if code != c.code || !strings.Contains(strings.ToLower(out.String()), strings.ToLower(c.want)) {
+				t.Fatalf("exit %d (want %d), output:\n%s\nwant it to contain %q", code, c.code, out.String(), c.want)
+			}
+			if _, err := os.Stat(file); (err == nil) != (c.code == 0) {
+				t.Fatalf("credentials file exists: %v, exit %d", err == nil, code)
+			}
+		})
+	}
+	if rs := srv.Runners(); len(rs) != 1 || strings.Join(rs[0].Labels, ",") != "linux-test,omnios-r151056" {
+		t.Fatalf("the server got %+v, want one runner with the label names only", rs)
+	}
+}
