@@ -21,6 +21,7 @@ import (
 	"github.com/solstice-ci/solstice/internal/jobspec"
 	"github.com/solstice-ci/solstice/internal/queue/amqpq"
 	"github.com/solstice-ci/solstice/internal/store/postgres"
+	"github.com/solstice-ci/solstice/internal/testenv"
 	"github.com/solstice-ci/solstice/internal/vm/image"
 )
 
@@ -101,14 +102,7 @@ func TestCrashRealVM(t *testing.T) {
 		t.Fatalf("%v (make test builds and embeds the agents first)", err)
 	}
 	ensureLinuxTest(t)
-	amqpURL := os.Getenv("SOLSTICE_TEST_AMQP_URL")
-	if amqpURL == "" {
-		amqpURL = "amqp://guest:guest@127.0.0.1:5672/"
-	}
-	dbURL := os.Getenv("SOLSTICE_TEST_DATABASE_URL")
-	if dbURL == "" {
-		dbURL = "postgres://postgres@127.0.0.1:5432/test"
-	}
+	amqpURL, dbURL := testenv.AMQPURL(), testenv.DatabaseURL()
 	id := uuid.NewString()[:8]
 	prefix := "solstice-crashvm-" + id
 	q, err := amqpq.Open(t.Context(), amqpURL, amqpq.Options{Prefix: prefix})

@@ -17,6 +17,7 @@ import (
 	"github.com/solstice-ci/solstice/internal/agentbin"
 	"github.com/solstice-ci/solstice/internal/forgejo/fakeforgejo"
 	"github.com/solstice-ci/solstice/internal/jobspec"
+	"github.com/solstice-ci/solstice/internal/testenv"
 )
 
 // The Forgejo end-to-end tests: the fake Forgejo server → `solstice serve
@@ -204,14 +205,7 @@ func TestForgejoKill9(t *testing.T) {
 		t.Fatalf("%v (make test builds and embeds the agents first)", err)
 	}
 	ensureLinuxTest(t)
-	amqpURL := os.Getenv("SOLSTICE_TEST_AMQP_URL")
-	if amqpURL == "" {
-		amqpURL = "amqp://guest:guest@127.0.0.1:5672/"
-	}
-	dbURL := os.Getenv("SOLSTICE_TEST_DATABASE_URL")
-	if dbURL == "" {
-		dbURL = "postgres://postgres@127.0.0.1:5432/test"
-	}
+	amqpURL, dbURL := testenv.AMQPURL(), testenv.DatabaseURL()
 	srv := fakeforgejo.New(fakeforgejo.Options{})
 	url := srv.Start(t)
 	runner := fjRegister(t, url)

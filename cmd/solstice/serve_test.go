@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/solstice-ci/solstice/internal/jobspec"
+	"github.com/solstice-ci/solstice/internal/testenv"
 )
 
 func freeAddr(t *testing.T) string {
@@ -28,14 +29,7 @@ func freeAddr(t *testing.T) string {
 // store, and `solstice orchestrator` on the machine's RabbitMQ and
 // PostgreSQL, checks /healthz and /metrics, and stops each as SIGTERM would.
 func TestServeAndOrchestrator(t *testing.T) {
-	amqpURL := os.Getenv("SOLSTICE_TEST_AMQP_URL")
-	if amqpURL == "" {
-		amqpURL = "amqp://guest:guest@127.0.0.1:5672/"
-	}
-	dbURL := os.Getenv("SOLSTICE_TEST_DATABASE_URL")
-	if dbURL == "" {
-		dbURL = "postgres://postgres@127.0.0.1:5432/test"
-	}
+	amqpURL, dbURL := testenv.AMQPURL(), testenv.DatabaseURL()
 	key := fmt.Sprintf("%x", jobspec.NewKey())
 	cases := []struct {
 		name string

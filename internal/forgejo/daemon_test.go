@@ -38,6 +38,7 @@ import (
 	"github.com/solstice-ci/solstice/internal/store"
 	"github.com/solstice-ci/solstice/internal/store/postgres"
 	"github.com/solstice-ci/solstice/internal/store/sqlite"
+	"github.com/solstice-ci/solstice/internal/testenv"
 	"github.com/solstice-ci/solstice/internal/vm/image"
 	"github.com/solstice-ci/solstice/internal/vm/localproc"
 )
@@ -60,17 +61,7 @@ type pair struct {
 	prefix string // amqpq prefix ("" for the embedded pair)
 }
 
-func serviceURLs() (string, string) {
-	a := os.Getenv("SOLSTICE_TEST_AMQP_URL")
-	if a == "" {
-		a = "amqp://guest:guest@127.0.0.1:5672/"
-	}
-	d := os.Getenv("SOLSTICE_TEST_DATABASE_URL")
-	if d == "" {
-		d = "postgres://postgres@127.0.0.1:5432/test"
-	}
-	return a, d
-}
+func serviceURLs() (string, string) { return testenv.AMQPURL(), testenv.DatabaseURL() }
 
 func openPair(t testing.TB, name string) pair {
 	t.Helper()
@@ -88,38 +79,16 @@ func openPair(t testing.TB, name string) pair {
 		prefix := "solstice-fj-" + uuid.NewString()[:8]
 		q, err := amqpq.Open(t.Context(), a, amqpq.Options{Prefix: prefix})
 		if err != nil {
-			servicesMissing(t, err)
+			testenv.Unreachable(t, "RabbitMQ/PostgreSQL", err)
 		}
 		st, err := postgres.Open(t.Context(), d)
 		if err != nil {
 			q.Close()
-			servicesMissing(t, err)
+			testenv.Unreachable(t, "RabbitMQ/PostgreSQL", err)
 		}
 		t.Cleanup(func() { q.Close(); st.Close() })
 		return pair{name: name, q: q, st: st, prefix: prefix}
 	}
-}
-
-func servicesMissing(t testing.TB, err error) {
-	t.Helper()
-	if os.Getenv("CI") == "true" {
-		t.Fatalf("RabbitMQ/PostgreSQL not reachable (CI=true: the test must run): %v", err)
-	}
-	t.Skipf("RabbitMQ/PostgreSQL not reachable: %v", err)
-}
-
-// agentPath builds solstice-runner for this host once per test binary.
-func agentPath(t testing.TB) string {
-	t.Helper()
-	out := filepath.Join(os.TempDir(), fmt.Sprintf("solstice-runner-fjtest-%d", os.Getpid()))
-	if _, err := os.Stat(out); err != nil {
-		cmd := exec.Command("go", "build", "-o", out, "../../cmd/solstice-runner")
-		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-		if b, err := cmd.CombinedOutput(); err != nil {
-			t.Fatalf("building the agent: %v\n%s", err, b)
-		}
-	}
-	return out
 }
 
 type localImages struct{}
@@ -132,7 +101,7 @@ func (localImages) Resolve(_ context.Context, l string, _ io.Writer) (image.Entr
 // local-process stand-in; it returns the stand-in's machine folder.
 func startOrchestrator(t testing.TB, p pair, sealer *jobspec.Sealer) string {
 	t.Helper()
-	bin, err := os.ReadFile(agentPath(t))
+	bin, err := os.ReadFile(testenv.AgentBinary(t))
 	if err != nil {
 		t.Fatal(err)
 	}

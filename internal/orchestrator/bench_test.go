@@ -9,7 +9,6 @@ import (
 	"io"
 	"log/slog"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"runtime"
 	"slices"
@@ -32,6 +31,7 @@ import (
 	"github.com/solstice-ci/solstice/internal/store"
 	"github.com/solstice-ci/solstice/internal/store/postgres"
 	"github.com/solstice-ci/solstice/internal/store/sqlite"
+	"github.com/solstice-ci/solstice/internal/testenv"
 	"github.com/solstice-ci/solstice/internal/vm"
 	"github.com/solstice-ci/solstice/internal/vm/localproc"
 )
@@ -138,12 +138,12 @@ func BenchmarkAccept(b *testing.B) {
 		prefix := "solstice-bench-" + uuid.NewString()[:8]
 		q, err := amqpq.Open(b.Context(), amqpURL, amqpq.Options{Prefix: prefix})
 		if err != nil {
-			benchServicesMissing(b, "RabbitMQ", err)
+			testenv.Unreachable(b, "RabbitMQ", err)
 		}
 		st, err := postgres.Open(b.Context(), dbURL)
 		if err != nil {
 			q.Close()
-			benchServicesMissing(b, "PostgreSQL", err)
+			testenv.Unreachable(b, "PostgreSQL", err)
 		}
 		var mu sync.Mutex
 		var labels []string
@@ -247,15 +247,6 @@ func benchAccept(b *testing.B, n int, open func(*testing.B) acceptEnv) {
 	b.ReportMetric(0, "ns/op") // setup dominates wall time; jobs/s is the figure
 }
 
-// benchServicesMissing skips b when a service is down, except under CI=true.
-func benchServicesMissing(b *testing.B, what string, err error) {
-	b.Helper()
-	if os.Getenv("CI") == "true" {
-		b.Fatalf("%s is not reachable (CI=true: the benchmark must run): %v", what, err)
-	}
-	b.Skipf("%s is not reachable: %v", what, err)
-}
-
 // benchJob returns a JobRequest body for label whose events go to route.
 func benchJob(b *testing.B, sealer *jobspec.Sealer, label, route string, steps []agentapi.Step) []byte {
 	b.Helper()
@@ -352,7 +343,7 @@ func newLogRig(b *testing.B, backend vm.Backend) *logRig {
 	if err != nil {
 		b.Fatal(err)
 	}
-	bin := benchAgentBinary(b)
+	bin := agentBinary(b)
 	r := &logRig{q: q, sealer: sealer, label: "bench-local", route: "bench-route"}
 	o, err := orchestrator.New(orchestrator.Config{Host: "bench-host", Labels: []string{r.label}, MaxJobs: 1},
 		orchestrator.Deps{
@@ -380,25 +371,6 @@ func newLogRig(b *testing.B, backend vm.Backend) *logRig {
 		}
 	}
 	return r
-}
-
-// benchAgentBinary builds solstice-runner once per test binary, at the path
-// agentBinary uses.
-func benchAgentBinary(b *testing.B) []byte {
-	b.Helper()
-	out := filepath.Join(os.TempDir(), fmt.Sprintf("solstice-runner-orchtest-%d", os.Getpid()))
-	if _, err := os.Stat(out); err != nil {
-		cmd := exec.Command("go", "build", "-o", out, "../../cmd/solstice-runner")
-		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-		if out, err := cmd.CombinedOutput(); err != nil {
-			b.Fatalf("building the agent: %v\n%s", err, out)
-		}
-	}
-	bin, err := os.ReadFile(out)
-	if err != nil {
-		b.Fatal(err)
-	}
-	return bin
 }
 
 // runJob publishes a one-step job running script and calls fn with every

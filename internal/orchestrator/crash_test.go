@@ -26,6 +26,7 @@ import (
 	"github.com/solstice-ci/solstice/internal/queue/amqpq"
 	"github.com/solstice-ci/solstice/internal/store"
 	"github.com/solstice-ci/solstice/internal/store/postgres"
+	"github.com/solstice-ci/solstice/internal/testenv"
 	"github.com/solstice-ci/solstice/internal/vm/localproc"
 )
 
@@ -43,17 +44,7 @@ func TestMain(m *testing.M) {
 	os.Exit(m.Run())
 }
 
-func serviceURLs() (amqpURL, dbURL string) {
-	amqpURL = os.Getenv("SOLSTICE_TEST_AMQP_URL")
-	if amqpURL == "" {
-		amqpURL = "amqp://guest:guest@127.0.0.1:5672/"
-	}
-	dbURL = os.Getenv("SOLSTICE_TEST_DATABASE_URL")
-	if dbURL == "" {
-		dbURL = "postgres://postgres@127.0.0.1:5432/test"
-	}
-	return amqpURL, dbURL
-}
+func serviceURLs() (amqpURL, dbURL string) { return testenv.AMQPURL(), testenv.DatabaseURL() }
 
 // crashChild runs an orchestrator configured by the environment until
 // SIGTERM (or until it is killed).
@@ -153,12 +144,12 @@ func newCrashRig(t *testing.T, maxJobs int) *crashRig {
 	prefix := "solstice-crash-" + id
 	q, err := amqpq.Open(t.Context(), amqpURL, amqpq.Options{Prefix: prefix})
 	if err != nil {
-		servicesMissing(t, "RabbitMQ", err)
+		testenv.Unreachable(t, "RabbitMQ", err)
 	}
 	t.Cleanup(func() { q.Close() })
 	st, err := postgres.Open(t.Context(), dbURL)
 	if err != nil {
-		servicesMissing(t, "PostgreSQL", err)
+		testenv.Unreachable(t, "PostgreSQL", err)
 	}
 	t.Cleanup(func() { st.Close() })
 	key := jobspec.NewKey()
@@ -166,8 +157,7 @@ func newCrashRig(t *testing.T, maxJobs int) *crashRig {
 	if err != nil {
 		t.Fatal(err)
 	}
-	agentPath := filepath.Join(os.TempDir(), fmt.Sprintf("solstice-runner-orchtest-%d", os.Getpid()))
-	agentBinary(t)
+	agentPath := testenv.AgentBinary(t)
 	r := &crashRig{
 		t: t, q: q, st: st, sealer: sealer,
 		label: "crash-" + id, route: "crash-route-" + id,
@@ -209,14 +199,6 @@ func newCrashRig(t *testing.T, maxJobs int) *crashRig {
 		}
 	})
 	return r
-}
-
-func servicesMissing(t *testing.T, what string, err error) {
-	t.Helper()
-	if os.Getenv("CI") == "true" {
-		t.Fatalf("%s is not reachable (CI=true: the test must run): %v", what, err)
-	}
-	t.Skipf("%s is not reachable: %v", what, err)
 }
 
 func (r *crashRig) startChild() {

@@ -2,7 +2,6 @@ package orchestrator_test
 
 import (
 	"context"
-	"fmt"
 	"log/slog"
 	"os"
 	"os/exec"
@@ -20,6 +19,7 @@ import (
 	"github.com/solstice-ci/solstice/internal/queue/memq"
 	"github.com/solstice-ci/solstice/internal/store"
 	"github.com/solstice-ci/solstice/internal/store/sqlite"
+	"github.com/solstice-ci/solstice/internal/testenv"
 	"github.com/solstice-ci/solstice/internal/vm/localproc"
 )
 
@@ -28,18 +28,10 @@ import (
 // such: it runs the real agent binary on this host instead of in a VM).
 // The real-VM variant is the end-to-end test of solstice exec.
 
-// agentBinary builds solstice-runner for this host once per test binary.
-func agentBinary(t *testing.T) []byte {
+// agentBinary returns solstice-runner built for this host.
+func agentBinary(t testing.TB) []byte {
 	t.Helper()
-	out := filepath.Join(os.TempDir(), fmt.Sprintf("solstice-runner-orchtest-%d", os.Getpid()))
-	if _, err := os.Stat(out); err != nil {
-		cmd := exec.Command("go", "build", "-o", out, "../../cmd/solstice-runner")
-		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-		if b, err := cmd.CombinedOutput(); err != nil {
-			t.Fatalf("building the agent: %v\n%s", err, b)
-		}
-	}
-	b, err := os.ReadFile(out)
+	b, err := os.ReadFile(testenv.AgentBinary(t))
 	if err != nil {
 		t.Fatal(err)
 	}
