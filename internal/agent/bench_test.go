@@ -1,10 +1,12 @@
 package agent
 
 import (
+	"bytes"
 	"context"
 	"io"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
@@ -71,6 +73,52 @@ func BenchmarkStepOutput(b *testing.B) {
 		res := Run(context.Background(), Options{Job: job, Workdir: b.TempDir(), Events: io.Discard, Environ: os.Environ(), TempDir: b.TempDir()})
 		if res.ExitCode != 0 {
 			b.Fatalf("exit %d", res.ExitCode)
+		}
+	}
+}
+
+// BenchmarkAgentPipe runs the agent binary on a step that writes 100 MB of
+// 100-byte lines, with --events=stdout and both stdout and stderr pipes, as
+// on the host: the benchmark reads the events pipe (counting lines) and
+// drains the human log. The time runs from the start of the binary to its
+// exit once all its output is read.
+func BenchmarkAgentPipe(b *testing.B) {
+	const size = 100 << 20
+	bin := filepath.Join(b.TempDir(), "solstice-runner")
+	if out, err := exec.Command("go", "build", "-o", bin, "github.com/solstice-ci/solstice/cmd/solstice-runner").CombinedOutput(); err != nil {
+		b.Fatalf("building the agent: %v\n%s", err, out)
+	}
+	line := strings.Repeat("x", 84) + " a-secret-value" // 99 bytes and a newline
+	job := "checkout: {skip: true}\nsecrets: {S: a-secret-value}\nsteps:\n  - run: yes '" + line + "' | head -c " + strconv.Itoa(size) + "\n"
+	b.SetBytes(size)
+	for i := 0; i < b.N; i++ {
+		cmd := exec.Command(bin, "--events=stdout")
+		cmd.Env = append(os.Environ(), agentapi.EnvJobFile+"=-", agentapi.EnvWorkdir+"="+b.TempDir(), "TMPDIR="+b.TempDir())
+		cmd.Stdin = strings.NewReader(job)
+		cmd.Stderr = io.Discard // a pipe drained by exec
+		events, err := cmd.StdoutPipe()
+		if err != nil {
+			b.Fatal(err)
+		}
+		if err := cmd.Start(); err != nil {
+			b.Fatal(err)
+		}
+		lines, last := 0, []byte(nil)
+		buf := make([]byte, 64<<10)
+		for {
+			n, err := events.Read(buf)
+			lines += bytes.Count(buf[:n], []byte("\n"))
+			last = append(last, buf[:n]...)
+			last = last[len(last)-min(len(last), 300):]
+			if err != nil {
+				break
+			}
+		}
+		if err := cmd.Wait(); err != nil {
+			b.Fatalf("agent: %v", err)
+		}
+		if lines < size/100 || !bytes.Contains(last, []byte(`"kind":"job_finished"`)) {
+			b.Fatalf("%d event lines, want more than %d, ending in job_finished; the end: %s", lines, size/100, last)
 		}
 	}
 }

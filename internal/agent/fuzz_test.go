@@ -59,6 +59,7 @@ func FuzzMask(f *testing.F) {
 			w.Write([]byte(text[i:min(i+n, len(text))]))
 		}
 		w.Flush()
+		e.close()
 		for _, l := range decodeLines(t, out.String()) {
 			if strings.Contains(l, secret) {
 				t.Fatalf("secret %q leaked in line %q", secret, l)

@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"bufio"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -24,25 +25,124 @@ const (
 	StreamSystem = "system" // the agent's own lines: fetch, step headers, errors
 )
 
+// Buffering of the two outputs. One write per line made the agent slow
+// into a pipe (docs/benchmarks.md): each stream now goes out in blocks of up
+// to outBufSize, written when the output pauses for flushPause, at the
+// latest flushMaxDelay after the oldest byte waiting (which keeps the
+// agent's share of log latency under 50 ms, with room for a late timer),
+// before the agent starts a command (flush), and when the job ends (close).
+const (
+	outBufSize    = 64 << 10
+	flushPause    = 2 * time.Millisecond
+	flushMaxDelay = 40 * time.Millisecond
+)
+
 // emitter writes the agent's two outputs: JSON event lines (to events, may
-// be nil) and the human log (to human, may be nil). Every write goes out at
-// once, unbuffered. Everything it writes has passed the masker.
+// be nil) and the human log (to human, may be nil), each through a buffer
+// of its own; see outBufSize. Everything it writes has passed the masker.
+// close must be called at the end: until then output may wait in the
+// buffers.
 type emitter struct {
 	mu     sync.Mutex
-	events io.Writer
-	human  io.Writer
+	events *bufio.Writer
+	human  *bufio.Writer
 	mask   *Masker
 	now    func() time.Time
 	seq    int64
 	err    error // first write error of the event stream
-	buf    []byte
+
+	// The timer runs tick while output waits in the buffers (armed, since
+	// when). wrote says whether a line was written since the last tick.
+	pause, maxDelay time.Duration // flushPause, flushMaxDelay; tests change them
+	timer           *time.Timer
+	armed, wrote    bool
+	since           time.Time
+	closed          bool // by close: every write goes out at once
 }
 
 func newEmitter(events, human io.Writer, mask *Masker, now func() time.Time) *emitter {
 	if now == nil {
 		now = time.Now
 	}
-	return &emitter{events: events, human: human, mask: mask, now: now}
+	e := &emitter{mask: mask, now: now, pause: flushPause, maxDelay: flushMaxDelay}
+	if events != nil {
+		e.events = bufio.NewWriterSize(events, outBufSize)
+	}
+	if human != nil {
+		e.human = bufio.NewWriterSize(human, outBufSize)
+	}
+	return e
+}
+
+// wroteLocked is called once per event or line written (to one output or
+// both): it arms the flush timer if it is not armed yet.
+func (e *emitter) wroteLocked() {
+	if e.closed {
+		e.flushLocked()
+		return
+	}
+	if e.armed {
+		e.wrote = true
+		return
+	}
+	e.armed, e.wrote, e.since = true, false, time.Now()
+	d := min(e.pause, e.maxDelay)
+	if e.timer == nil {
+		e.timer = time.AfterFunc(d, e.tick)
+	} else {
+		e.timer.Reset(d)
+	}
+}
+
+// tick runs on the timer: it writes the buffers out when nothing was
+// written since the last tick (so output that stops leaves within two
+// pauses) or the oldest byte has waited maxDelay, and otherwise comes back
+// after another pause.
+func (e *emitter) tick() {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.closed || !e.armed {
+		return
+	}
+	now := time.Now()
+	deadline := e.since.Add(e.maxDelay)
+	if e.wrote && now.Before(deadline) {
+		e.wrote = false
+		e.timer.Reset(min(e.pause, deadline.Sub(now)))
+		return
+	}
+	e.armed, e.wrote = false, false
+	e.flushLocked()
+}
+
+// flush writes out what is buffered, before the agent starts a command.
+func (e *emitter) flush() {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.flushLocked()
+}
+
+// close writes out what is buffered and stops the timer; from then on
+// every write goes out at once. It can be called more than once.
+func (e *emitter) close() {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.closed, e.armed = true, false
+	if e.timer != nil {
+		e.timer.Stop()
+	}
+	e.flushLocked()
+}
+
+func (e *emitter) flushLocked() {
+	if e.events != nil && e.err == nil {
+		if err := e.events.Flush(); err != nil {
+			e.err = fmt.Errorf("writing events: %w", err)
+		}
+	}
+	if e.human != nil {
+		_ = e.human.Flush() // as for every human line: nowhere to report it
+	}
 }
 
 // emit stamps ev with the next sequence number and the time and writes it.
@@ -50,6 +150,7 @@ func (e *emitter) emit(ev agentapi.Event) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	e.emitLocked(ev)
+	e.wroteLocked()
 }
 
 func (e *emitter) emitLocked(ev agentapi.Event) {
@@ -67,17 +168,19 @@ func (e *emitter) emitLocked(ev agentapi.Event) {
 	if e.events == nil || e.err != nil {
 		return
 	}
+	var b []byte
 	if ev.Kind == agentapi.KindLog {
-		e.buf = appendLogEvent(e.buf[:0], &ev) // the hot path: no reflection
+		// The hot path: no reflection, encoded in place in the buffer.
+		b = appendLogEvent(e.events.AvailableBuffer(), &ev)
 	} else {
-		b, err := json.Marshal(ev)
+		j, err := json.Marshal(ev)
 		if err != nil {
 			e.err = fmt.Errorf("encoding event %d: %w", ev.Seq, err)
 			return
 		}
-		e.buf = append(append(e.buf[:0], b...), '\n')
+		b = append(j, '\n')
 	}
-	if _, err := e.events.Write(e.buf); err != nil {
+	if _, err := e.events.Write(b); err != nil {
 		e.err = fmt.Errorf("writing event %d: %w", ev.Seq, err)
 	}
 }
@@ -90,13 +193,16 @@ func (e *emitter) humanf(format string, args ...any) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	e.humanLocked(e.now(), fmt.Sprintf(format, args...))
+	e.wroteLocked()
 }
 
 func (e *emitter) humanLocked(t time.Time, line string) {
 	if e.human == nil {
 		return
 	}
-	fmt.Fprintf(e.human, "%s %s\n", t.Format("15:04:05.000"), line)
+	b := t.AppendFormat(e.human.AvailableBuffer(), "15:04:05.000")
+	b = append(append(append(b, ' '), line...), '\n')
+	_, _ = e.human.Write(b)
 }
 
 // line sends one (already complete, not yet masked) log line of step. A
@@ -125,6 +231,7 @@ func (e *emitter) line(step int, stream, text string) {
 		e.emitLocked(agentapi.Event{Kind: agentapi.KindLog, Step: step, Stream: stream, Line: piece, Time: t})
 		e.humanLocked(t, prefix+piece)
 		if text == "" {
+			e.wroteLocked()
 			return
 		}
 	}

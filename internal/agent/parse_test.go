@@ -185,6 +185,7 @@ func TestMaskerSplitWrites(t *testing.T) {
 		w.Write([]byte("x " + secret[:split]))
 		w.Write([]byte(secret[split:] + " y\n"))
 		w.Flush()
+		e.close()
 		if strings.Contains(out.String(), "horse") || !strings.Contains(out.String(), `"x *** y"`) {
 			t.Fatalf("split at %d: %s", split, out.String())
 		}
@@ -201,6 +202,7 @@ func TestMaskerLongLineStraddle(t *testing.T) {
 	// The secret sits across the MaxLine boundary of a line without newline.
 	w.Write([]byte(strings.Repeat("a", MaxLine-5) + secret + strings.Repeat("b", 100)))
 	w.Flush()
+	e.close()
 	if strings.Contains(out.String(), "SECRET") || strings.Contains(out.String(), "E123") {
 		t.Fatalf("the secret leaked across a line cut")
 	}

@@ -106,6 +106,7 @@ func Run(ctx context.Context, o Options) Result {
 	mask.Add(o.Job.Checkout.Token)
 	r := &runner{o: o, job: o.Job, mask: mask, e: newEmitter(o.Events, o.Human, mask, o.Now),
 		cmds: &commands{mask: mask}, steps: map[string]stepState{}, status: expr.StatusSuccess}
+	defer r.e.close() // on a panic too: nothing buffered is lost
 	res := r.run(ctx)
 	r.killGroups()
 	if r.temp != "" {
@@ -113,6 +114,7 @@ func Run(ctx context.Context, o Options) Result {
 	}
 	r.e.emit(agentapi.Event{Kind: agentapi.KindJobFinished, Step: agentapi.SetupStep, Result: res.Result, ExitCode: res.ExitCode, Outputs: res.Outputs})
 	r.e.humanf("job %s (exit code %d)", res.Result, res.ExitCode)
+	r.e.close()
 	if err := r.e.Err(); err != nil && res.ExitCode == 0 {
 		res.ExitCode = agentapi.ExitInternal
 	}
@@ -233,6 +235,7 @@ func (r *runner) fetch(ctx context.Context, step int, c agentapi.Checkout, sub s
 	spec := fetchSpec{RepoURL: r.job.RepoURL, Bundle: c.Bundle, SHA: r.job.CommitSHA, Ref: r.job.Ref,
 		Depth: depth, Token: c.Token, Submodules: c.Submodules}
 	out := &lineWriter{e: r.e, step: step, stream: StreamSystem}
+	r.e.flush()
 	err := fetchRepo(ctx, dir, spec, r.o.Environ, out, func(f string, a ...any) { r.e.system(step, f, a...) })
 	out.Flush()
 	if err != nil {
@@ -487,6 +490,7 @@ func (r *runner) exec(ctx context.Context, i int, st agentapi.Step, script, dir 
 	// A step's background process that keeps its output open must not
 	// hold the step forever: after the shell exits, output gets this long.
 	cmd.WaitDelay = grace + 2*time.Second
+	r.e.flush() // the step's header leaves before the step runs
 	if err := cmd.Start(); err != nil {
 		return 1, nil, fmt.Errorf("starting %s: %w", argv[0], err)
 	}
