@@ -7,8 +7,9 @@
 package jobspec
 
 import (
-	"encoding/json"
 	"time"
+
+	json "github.com/goccy/go-json"
 
 	"github.com/solstice-ci/solstice/internal/agentapi"
 )

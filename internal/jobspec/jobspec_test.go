@@ -96,7 +96,7 @@ func TestDecodeErrors(t *testing.T) {
 		name, input, want string
 	}{
 		{"not json", `{"version":`, "decoding JobRequest"},
-		{"trailing", `{"version":1} {}`, "trailing data"},
+		{"trailing", `{"version":1} {}`, "after top-level value"},
 		{"wrong type", `{"version":"one"}`, "decoding JobRequest"},
 	}
 	for _, tt := range tests {

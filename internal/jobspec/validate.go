@@ -1,12 +1,12 @@
 package jobspec
 
 import (
-	"bytes"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"regexp"
 	"strings"
+
+	json "github.com/goccy/go-json"
 )
 
 // FieldError says which field of which message is wrong.
@@ -150,12 +150,9 @@ type validator interface{ Validate() error }
 // newer producer can add optional fields; an incompatible change bumps
 // Version, which Validate refuses.
 func decode(name string, data []byte, v validator) error {
-	dec := json.NewDecoder(bytes.NewReader(data))
-	if err := dec.Decode(v); err != nil {
+	// Unmarshal refuses trailing data after the object.
+	if err := json.Unmarshal(data, v); err != nil {
 		return fmt.Errorf("decoding %s: %w", name, err)
-	}
-	if dec.More() {
-		return fmt.Errorf("decoding %s: trailing data after the JSON object", name)
 	}
 	return v.Validate()
 }

@@ -122,7 +122,7 @@ func (e *emitter) publishLocked(ctx context.Context, ev jobspec.Event) error {
 	if ev.Time.IsZero() {
 		ev.Time = time.Now().UTC()
 	}
-	body, err := json.Marshal(&ev)
+	body, err := jobspec.Marshal(&ev)
 	if err != nil {
 		return fmt.Errorf("encoding event: %w", err)
 	}
