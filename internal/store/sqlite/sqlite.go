@@ -62,9 +62,11 @@ const jobColumns = `id, label, state, request, host, lease_token, lease_expires_
 
 // Store is a store.Store in one SQLite database file. Create it with Open.
 type Store struct {
-	w   *sql.DB // the one write connection, transactions BEGIN IMMEDIATE
-	r   *sql.DB // read-only connections
-	now func() time.Time
+	w *sql.DB // the one write connection, transactions BEGIN IMMEDIATE
+	r *sql.DB // read-only connections
+	// ws and rs are the prepared statements of w and r.
+	ws, rs *stmts
+	now    func() time.Time
 }
 
 var _ store.Store = (*Store)(nil)
@@ -111,17 +113,21 @@ func Open(ctx context.Context, path string) (*Store, error) {
 	r.SetMaxOpenConns(maxReaders)
 	r.SetMaxIdleConns(maxReaders)
 
-	s := &Store{w: w, r: r, now: time.Now}
+	s := &Store{w: w, r: r, ws: newStmts(w), rs: newStmts(r), now: time.Now}
 	if err := s.migrate(ctx); err != nil {
 		_ = s.Close()
 		return nil, fmt.Errorf("opening sqlite store %s: %w", path, err)
+	}
+	if err := s.ws.warm(ctx, claimQuery); err != nil {
+		_ = s.Close()
+		return nil, fmt.Errorf("opening sqlite store %s: preparing statements: %w", path, err)
 	}
 	return s, nil
 }
 
 // Close closes the database.
 func (s *Store) Close() error {
-	return errors.Join(s.r.Close(), s.w.Close())
+	return errors.Join(s.rs.Close(), s.ws.Close(), s.r.Close(), s.w.Close())
 }
 
 // migrate applies the embedded migrations that schema_migrations does not
@@ -186,7 +192,7 @@ func (s *Store) applyMigration(ctx context.Context, version int, name, script st
 // InsertJob stores a new queued job; an existing id is left as it is.
 func (s *Store) InsertJob(ctx context.Context, id, label string, request []byte) (bool, error) {
 	now := s.now().UnixNano()
-	res, err := s.w.ExecContext(ctx, `INSERT INTO jobs (id, label, state, request, created_at, updated_at)
+	res, err := s.ws.ExecContext(ctx, `INSERT INTO jobs (id, label, state, request, created_at, updated_at)
 		VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING`,
 		id, label, string(store.Queued), request, now, now)
 	if err != nil {
@@ -201,7 +207,7 @@ func (s *Store) InsertJob(ctx context.Context, id, label string, request []byte)
 
 // GetJob returns job id or store.ErrNotFound.
 func (s *Store) GetJob(ctx context.Context, id string) (store.Job, error) {
-	j, err := scanJob(s.r.QueryRowContext(ctx, `SELECT `+jobColumns+` FROM jobs WHERE id = ?`, id))
+	j, err := scanJob(s.rs.QueryRowContext(ctx, `SELECT `+jobColumns+` FROM jobs WHERE id = ?`, id))
 	if errors.Is(err, sql.ErrNoRows) {
 		return store.Job{}, fmt.Errorf("getting job %s: %w", id, store.ErrNotFound)
 	}
@@ -236,7 +242,7 @@ func (s *Store) ListJobs(ctx context.Context, f store.Filter) ([]store.Job, erro
 		q += " WHERE " + strings.Join(where, " AND ")
 	}
 	q += " ORDER BY created_at, rowid"
-	rows, err := s.r.QueryContext(ctx, q, args...)
+	rows, err := s.rs.QueryContext(ctx, q, args...)
 	if err != nil {
 		return nil, fmt.Errorf("listing jobs: %w", err)
 	}
@@ -267,11 +273,7 @@ func (s *Store) Claim(ctx context.Context, id, host string, ttl time.Duration) (
 	}
 	defer tx.Rollback()
 	var token int64
-	err = tx.QueryRowContext(ctx, `UPDATE jobs
-		SET host = ?1, lease_token = lease_token + 1, lease_expires_at = ?2, updated_at = ?3
-		WHERE id = ?4 AND state NOT IN `+terminalStates+`
-			AND (host = '' OR host = ?1 OR lease_expires_at <= ?3)
-		RETURNING lease_token`,
+	err = s.ws.in(tx).QueryRowContext(ctx, claimQuery,
 		host, now.Add(ttl).UnixNano(), now.UnixNano(), id).Scan(&token)
 	if errors.Is(err, sql.ErrNoRows) {
 		return store.Lease{}, fmt.Errorf("claiming job %s for %s: %w", id, host, missingOr(ctx, tx, id, store.ErrConflict))
@@ -284,6 +286,13 @@ func (s *Store) Claim(ctx context.Context, id, host string, ttl time.Duration) (
 	}
 	return store.Lease{JobID: id, Host: host, Token: token}, nil
 }
+
+// claimQuery takes the lease of a job (in Claim's transaction).
+const claimQuery = `UPDATE jobs
+		SET host = ?1, lease_token = lease_token + 1, lease_expires_at = ?2, updated_at = ?3
+		WHERE id = ?4 AND state NOT IN ` + terminalStates + `
+			AND (host = '' OR host = ?1 OR lease_expires_at <= ?3)
+		RETURNING lease_token`
 
 // querier is what *sql.DB and *sql.Tx have in common.
 type querier interface {
@@ -315,7 +324,7 @@ func (s *Store) Transition(ctx context.Context, l store.Lease, from, to store.St
 	if u.Message != nil {
 		message = *u.Message
 	}
-	res, err := s.w.ExecContext(ctx, `UPDATE jobs SET
+	res, err := s.ws.ExecContext(ctx, `UPDATE jobs SET
 			state = ?1,
 			result = COALESCE(?2, result),
 			message = COALESCE(?3, message),
@@ -347,7 +356,7 @@ func (s *Store) checkGuarded(ctx context.Context, res sql.Result, id, what strin
 
 // SetVM records the VM handle of a live job under lease l.
 func (s *Store) SetVM(ctx context.Context, l store.Lease, vm []byte) error {
-	res, err := s.w.ExecContext(ctx, `UPDATE jobs SET vm = ?, updated_at = ?
+	res, err := s.ws.ExecContext(ctx, `UPDATE jobs SET vm = ?, updated_at = ?
 		WHERE id = ? AND lease_token = ? AND host = ? AND state NOT IN `+terminalStates,
 		vm, s.now().UnixNano(), l.JobID, l.Token, l.Host)
 	if err != nil {
@@ -363,7 +372,7 @@ func (s *Store) Heartbeat(ctx context.Context, host string, ttl time.Duration) (
 	if host == "" {
 		return 0, errors.New("heartbeat: empty host")
 	}
-	res, err := s.w.ExecContext(ctx, `UPDATE jobs SET lease_expires_at = ?
+	res, err := s.ws.ExecContext(ctx, `UPDATE jobs SET lease_expires_at = ?
 		WHERE host = ? AND state NOT IN `+terminalStates,
 		s.now().Add(ttl).UnixNano(), host)
 	if err != nil {
@@ -383,7 +392,7 @@ func (s *Store) ReserveSeq(ctx context.Context, id string, n int) (int64, error)
 		return 0, fmt.Errorf("reserving %d sequence numbers of job %s: need at least 1", n, id)
 	}
 	var last int64
-	err := s.w.QueryRowContext(ctx, `UPDATE jobs SET event_seq = event_seq + ? WHERE id = ? RETURNING event_seq`,
+	err := s.ws.QueryRowContext(ctx, `UPDATE jobs SET event_seq = event_seq + ? WHERE id = ? RETURNING event_seq`,
 		n, id).Scan(&last)
 	if errors.Is(err, sql.ErrNoRows) {
 		return 0, fmt.Errorf("reserving sequence numbers of job %s: %w", id, store.ErrNotFound)
@@ -404,7 +413,7 @@ func (s *Store) RequestCancel(ctx context.Context, id, reason string) (store.Job
 	}
 	defer tx.Rollback()
 	get := func() (store.Job, error) {
-		return scanJob(tx.QueryRowContext(ctx, `SELECT `+jobColumns+` FROM jobs WHERE id = ?`, id))
+		return scanJob(s.ws.in(tx).QueryRowContext(ctx, `SELECT `+jobColumns+` FROM jobs WHERE id = ?`, id))
 	}
 	j, err := get()
 	if errors.Is(err, sql.ErrNoRows) {
@@ -418,12 +427,12 @@ func (s *Store) RequestCancel(ctx context.Context, id, reason string) (store.Job
 	}
 	now := s.now().UnixNano()
 	if j.State == store.Queued {
-		_, err = tx.ExecContext(ctx, `UPDATE jobs SET state = ?, result = ?, message = ?,
+		_, err = s.ws.in(tx).ExecContext(ctx, `UPDATE jobs SET state = ?, result = ?, message = ?,
 				cancel_requested = 1, cancel_reason = ?, host = '', lease_expires_at = 0, updated_at = ?
 			WHERE id = ? AND state = ?`,
 			string(store.Cancelled), jobspec.ResultCancelled, reason, reason, now, id, string(store.Queued))
 	} else {
-		_, err = tx.ExecContext(ctx, `UPDATE jobs SET cancel_requested = 1,
+		_, err = s.ws.in(tx).ExecContext(ctx, `UPDATE jobs SET cancel_requested = 1,
 				cancel_reason = CASE WHEN cancel_requested THEN cancel_reason ELSE ? END, updated_at = ?
 			WHERE id = ?`,
 			reason, now, id)
@@ -442,7 +451,7 @@ func (s *Store) RequestCancel(ctx context.Context, id, reason string) (store.Job
 
 // PutReport stores value under key, replacing any earlier value.
 func (s *Store) PutReport(ctx context.Context, key string, value []byte) error {
-	_, err := s.w.ExecContext(ctx, `INSERT INTO reports (key, value, updated_at) VALUES (?, ?, ?)
+	_, err := s.ws.ExecContext(ctx, `INSERT INTO reports (key, value, updated_at) VALUES (?, ?, ?)
 		ON CONFLICT (key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at`,
 		key, value, s.now().UnixNano())
 	if err != nil {
@@ -454,7 +463,7 @@ func (s *Store) PutReport(ctx context.Context, key string, value []byte) error {
 // GetReport returns the value stored under key or store.ErrNotFound.
 func (s *Store) GetReport(ctx context.Context, key string) ([]byte, error) {
 	var v []byte
-	err := s.r.QueryRowContext(ctx, `SELECT value FROM reports WHERE key = ?`, key).Scan(&v)
+	err := s.rs.QueryRowContext(ctx, `SELECT value FROM reports WHERE key = ?`, key).Scan(&v)
 	if errors.Is(err, sql.ErrNoRows) {
 		return nil, fmt.Errorf("getting report %s: %w", key, store.ErrNotFound)
 	}
@@ -466,7 +475,7 @@ func (s *Store) GetReport(ctx context.Context, key string) ([]byte, error) {
 
 // ListReports returns the reports whose key starts with prefix.
 func (s *Store) ListReports(ctx context.Context, prefix string) (map[string][]byte, error) {
-	rows, err := s.r.QueryContext(ctx, `SELECT key, value FROM reports
+	rows, err := s.rs.QueryContext(ctx, `SELECT key, value FROM reports
 		WHERE key >= ?1 AND substr(key, 1, length(?1)) = ?1`, prefix)
 	if err != nil {
 		return nil, fmt.Errorf("listing reports %q: %w", prefix, err)
@@ -490,7 +499,7 @@ func (s *Store) ListReports(ctx context.Context, prefix string) (map[string][]by
 // DeleteReport removes the report under key; removing an absent key is no
 // error.
 func (s *Store) DeleteReport(ctx context.Context, key string) error {
-	if _, err := s.w.ExecContext(ctx, `DELETE FROM reports WHERE key = ?`, key); err != nil {
+	if _, err := s.ws.ExecContext(ctx, `DELETE FROM reports WHERE key = ?`, key); err != nil {
 		return fmt.Errorf("deleting report %s: %w", key, err)
 	}
 	return nil
