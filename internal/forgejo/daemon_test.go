@@ -10,6 +10,7 @@ package forgejo_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -26,6 +27,7 @@ import (
 	"time"
 
 	runnerv1 "code.gitea.io/actions-proto-go/runner/v1"
+	"connectrpc.com/connect"
 	"github.com/google/uuid"
 
 	"github.com/solstice-ci/solstice/internal/forgejo"
@@ -461,5 +463,43 @@ func TestDaemonKill9(t *testing.T) {
 	}
 	if !strings.Contains(logs[0], "first") || !strings.Contains(logs[2], "last") {
 		t.Fatalf("step logs: %q", logs)
+	}
+}
+
+// TestDaemonServerErrors makes the server fail FetchTask, UpdateLog and
+// UpdateTask calls while a job prints, as a restarting or overloaded
+// Forgejo would, and checks that the log still arrives whole, once, in
+// order, and the task ends normally.
+func TestDaemonServerErrors(t *testing.T) {
+	p := openPair(t, "embedded")
+	sealer, _ := jobspec.NewSealer(jobspec.NewKey())
+	srv := fakeforgejo.New(fakeforgejo.Options{})
+	url := srv.Start(t)
+	startOrchestrator(t, p, sealer)
+	creds := register(t, url, label)
+	unavailable := connect.NewError(connect.CodeUnavailable, errors.New("server restarting"))
+	srv.InjectError("FetchTask", unavailable, 2)
+	startDaemon(t, p, sealer, creds, label)
+	const n = 60
+	id := srv.AddJob(fakeforgejo.JobSpec{RunsOn: []string{label},
+		Payload: fmt.Sprintf("on: push\njobs:\n  j:\n    runs-on: local-test\n    steps:\n      - run: for i in $(seq %d); do echo line $i; sleep 0.05; done\n", n)})
+	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
+	defer cancel()
+	if _, err := srv.WaitTask(ctx, id, func(v fakeforgejo.TaskView) bool { return strings.Contains(v.Log(), "line 10\n") }); err != nil {
+		t.Fatal(err)
+	}
+	srv.InjectError("UpdateLog", unavailable, 4)
+	srv.InjectError("UpdateTask", unavailable, 3)
+	v := waitDone(t, srv, id, time.Minute)
+	logs := checkSteps(t, v)
+	if v.Status != runnerv1.Result_RESULT_SUCCESS {
+		t.Fatalf("result %v; log:\n%s", v.Status, v.Log())
+	}
+	var want strings.Builder
+	for i := 1; i <= n; i++ {
+		fmt.Fprintf(&want, "line %d\n", i)
+	}
+	if logs[0] != want.String() {
+		t.Fatalf("step log after server errors:\n%s", logs[0])
 	}
 }
