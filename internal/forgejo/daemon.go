@@ -36,7 +36,7 @@ type Config struct {
 	FetchTimeout  time.Duration
 	// ReportInterval is how often logs and step states of a running task
 	// are sent (default 500ms; the UpdateTask heartbeat goes at least
-	// every 10s regardless).
+	// every 2s regardless: a cancel reaches the runner only in its answer).
 	ReportInterval time.Duration
 	// DrainTimeout is how long running tasks go on being reported after
 	// Run's ctx ended (default 0: stop at once; the next start resumes
@@ -474,7 +474,13 @@ func (d *Daemon) runTask(ctx context.Context, tk *task, resumed bool) {
 		if res != runnerv1.Result_RESULT_UNSPECIFIED && endedAt.IsZero() {
 			endedAt = time.Now()
 			log.Info("the server ended the task; cancelling the job", "result", res)
-			c, _ := jobspec.Marshal(jobspec.Cancel{Version: jobspec.Version, JobID: rec.JobID, Reason: "cancelled on " + d.cfg.Credentials.Address})
+			reason := "cancelled on " + d.cfg.Credentials.Address
+			if d.cancelWaiting(ctx, rec, reason) {
+				log.Info("the job had not started; it never will")
+				d.finishResult(ctx, tk, runnerv1.Result_RESULT_CANCELLED, "The job was cancelled before it started.")
+				return
+			}
+			c, _ := jobspec.Marshal(jobspec.Cancel{Version: jobspec.Version, JobID: rec.JobID, Reason: reason})
 			if err := d.deps.Queue.PublishCancel(ctx, c); err != nil {
 				log.Error("publishing the cancel", "err", err)
 			}
@@ -516,6 +522,34 @@ func (d *Daemon) retryFinish(ctx context.Context, f func() error) error {
 		wait = min(wait*2, time.Minute)
 	}
 	return err
+}
+
+// cancelWaiting cancels the job in the store when no orchestrator has
+// started it: a job still in the queue (unknown to the store) is recorded
+// there as cancelled, so the orchestrator that takes it later drops it,
+// and a job accepted but not started is cancelled at once. It reports
+// whether it did; a job that started is left to the Cancel message.
+func (d *Daemon) cancelWaiting(ctx context.Context, rec taskRecord, reason string) bool {
+	log := d.log.With("task", rec.TaskID, "job_id", rec.JobID)
+	before, err := d.deps.Store.GetJob(ctx, rec.JobID)
+	switch {
+	case errors.Is(err, store.ErrNotFound):
+		if _, err := d.deps.Store.InsertJob(ctx, rec.JobID, rec.Label, rec.Request); err != nil {
+			log.Warn("recording the cancel of a waiting job", "err", err)
+			return false
+		}
+	case err != nil:
+		log.Warn("reading the job to cancel", "err", err)
+		return false
+	case before.State != store.Queued:
+		return false
+	}
+	after, err := d.deps.Store.RequestCancel(ctx, rec.JobID, reason)
+	if err != nil {
+		log.Warn("cancelling a waiting job", "err", err)
+		return false
+	}
+	return after.State == store.Cancelled
 }
 
 // jobUnknown reports whether no orchestrator stored the job yet (its

@@ -503,3 +503,57 @@ func TestDaemonServerErrors(t *testing.T) {
 		t.Fatalf("step log after server errors:\n%s", logs[0])
 	}
 }
+
+// TestDaemonCancelWaiting cancels a task whose job waits in the queue
+// behind busy slots: it is reported cancelled at once, and when a slot
+// frees up, no orchestrator runs it.
+func TestDaemonCancelWaiting(t *testing.T) {
+	for _, name := range []string{"embedded", "rabbitmq-postgres"} {
+		t.Run(name, func(t *testing.T) {
+			p := openPair(t, name)
+			sealer, _ := jobspec.NewSealer(jobspec.NewKey())
+			srv := fakeforgejo.New(fakeforgejo.Options{})
+			url := srv.Start(t)
+			startOrchestrator(t, p, sealer) // 2 slots
+			creds := register(t, url, label)
+			startDaemon(t, p, sealer, creds, label) // capacity 2
+			marker := filepath.Join(t.TempDir(), "ran")
+			long := "on: push\njobs:\n  j:\n    runs-on: local-test\n    steps:\n      - run: echo started; sleep 60\n"
+			a := srv.AddJob(fakeforgejo.JobSpec{RunsOn: []string{label}, Payload: long})
+			b := srv.AddJob(fakeforgejo.JobSpec{RunsOn: []string{label}, Payload: long})
+			ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
+			defer cancel()
+			for _, id := range []int64{a, b} {
+				if _, err := srv.WaitTask(ctx, id, func(v fakeforgejo.TaskView) bool { return strings.Contains(v.Log(), "started") }); err != nil {
+					t.Fatal(err)
+				}
+			}
+			// A second daemon for the same runner would share the route; a
+			// second runner's daemon takes the waiting task instead.
+			creds2 := register(t, url, label)
+			startDaemon(t, p, sealer, creds2, label)
+			c := srv.AddJob(fakeforgejo.JobSpec{RunsOn: []string{label},
+				Payload: "on: push\njobs:\n  j:\n    runs-on: local-test\n    steps:\n      - run: touch " + marker + "\n"})
+			if _, err := srv.WaitTask(ctx, c, func(v fakeforgejo.TaskView) bool { return v.Picked }); err != nil {
+				t.Fatal(err)
+			}
+			time.Sleep(500 * time.Millisecond) // published, waiting for a slot
+			t0 := time.Now()
+			srv.Cancel(c)
+			v := waitDone(t, srv, c, 30*time.Second)
+			t.Logf("waiting task reported in %v", time.Since(t0))
+			if v.ReportedResult != runnerv1.Result_RESULT_CANCELLED || !strings.Contains(v.Log(), "before it started") {
+				t.Fatalf("waiting task: reported %v; log:\n%s", v.ReportedResult, v.Log())
+			}
+			srv.Cancel(a)
+			srv.Cancel(b)
+			waitDone(t, srv, a, 30*time.Second)
+			waitDone(t, srv, b, 30*time.Second)
+			t.Logf("running tasks reported in %v", time.Since(t0))
+			time.Sleep(2 * time.Second) // slots are free: the waiting job would run now
+			if _, err := os.Stat(marker); err == nil {
+				t.Fatal("the cancelled waiting job ran")
+			}
+		})
+	}
+}

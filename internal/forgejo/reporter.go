@@ -70,8 +70,10 @@ const (
 	maxPendingRows = 4096
 	maxPendingAcks = 200
 	// heartbeatInterval is the longest time between two UpdateTask calls
-	// made by Flush; the server fails a task without one for 10 minutes.
-	heartbeatInterval = 10 * time.Second
+	// made by Flush. The server fails a task without one for 10 minutes,
+	// but a cancel reaches the runner only in an UpdateTask answer, so this
+	// bounds how long a user's cancel goes unnoticed (forgejo-runner: 1 s).
+	heartbeatInterval = 2 * time.Second
 	// batchRows and batchBytes bound one UpdateLog request.
 	batchRows  = 1000
 	batchBytes = 4 << 20

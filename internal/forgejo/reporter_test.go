@@ -957,15 +957,15 @@ func TestReporterHeartbeat(t *testing.T) {
 	}
 	r.Add(evs[1], nil)
 	flush()
-	clock.advance(5 * time.Second)
+	clock.advance(time.Second)
 	flush()
 	if n := taskCalls(); n != 1 {
-		t.Errorf("%d UpdateTask within 5 s without step changes, want 1", n)
+		t.Errorf("%d UpdateTask within 1 s without step changes, want 1", n)
 	}
-	clock.advance(5 * time.Second)
+	clock.advance(time.Second)
 	flush()
 	if n := taskCalls(); n != 2 {
-		t.Errorf("%d UpdateTask after 10 s, want 2", n)
+		t.Errorf("%d UpdateTask after 2 s, want 2", n)
 	}
 	r.Add(evs[2], nil)
 	r.Add(evs[3], nil) // step_started
@@ -974,14 +974,14 @@ func TestReporterHeartbeat(t *testing.T) {
 		t.Errorf("%d UpdateTask after a step started, want 3", n)
 	}
 	// The log failing does not stop the heartbeat.
-	clock.advance(11 * time.Second)
+	clock.advance(3 * time.Second)
 	r.Add(evs[4], nil)
 	f.set(func(f *fakeRunner) { f.failLog = 1 })
 	if _, err := r.Flush(t.Context()); err == nil {
 		t.Error("Flush succeeded with a failing UpdateLog")
 	}
 	if n := taskCalls(); n != 4 {
-		t.Errorf("%d UpdateTask after 11 s with UpdateLog failing, want 4", n)
+		t.Errorf("%d UpdateTask after 3 s with UpdateLog failing, want 4", n)
 	}
 }
 
