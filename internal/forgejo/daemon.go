@@ -203,20 +203,29 @@ func (d *Daemon) Run(ctx context.Context) error {
 	return nil
 }
 
-// declare sends the runner's version and labels. An old server without
-// Declare is not an error.
+// declare sends the runner's version and labels, retrying with backoff
+// while the server cannot be reached (it may be restarting). An old server
+// without Declare is not an error; a server that does not know the runner
+// is.
 func (d *Daemon) declare(ctx context.Context) error {
-	_, err := d.rpc.Declare(ctx, connect.NewRequest(&runnerv1.DeclareRequest{Version: d.cfg.Version, Labels: d.cfg.Labels}))
-	switch {
-	case err == nil:
-		return nil
-	case IsUnimplemented(err):
-		d.log.Info("the server has no Declare (older than Forgejo 1.21); labels stay as registered")
-		return nil
-	case IsUnauthenticated(err):
-		return fmt.Errorf("declaring the runner: the server does not know it (deleted? register again): %w", err)
+	wait := d.cfg.FetchInterval
+	for {
+		_, err := d.rpc.Declare(ctx, connect.NewRequest(&runnerv1.DeclareRequest{Version: d.cfg.Version, Labels: d.cfg.Labels}))
+		switch {
+		case err == nil:
+			return nil
+		case IsUnimplemented(err):
+			d.log.Info("the server has no Declare (older than Forgejo 1.21); labels stay as registered")
+			return nil
+		case IsUnauthenticated(err):
+			return fmt.Errorf("declaring the runner: the server does not know it (deleted? register again): %w", err)
+		}
+		d.log.Warn("declaring the runner; retrying", "instance", d.cfg.Credentials.Address, "err", err, "in", wait)
+		if !sleep(ctx, wait) {
+			return fmt.Errorf("declaring the runner to %s: %w", d.cfg.Credentials.Address, err)
+		}
+		wait = min(wait*2, time.Minute)
 	}
-	return fmt.Errorf("declaring the runner to %s: %w", d.cfg.Credentials.Address, err)
 }
 
 // resume starts reporting every task an earlier process left in the store.

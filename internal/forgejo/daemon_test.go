@@ -557,3 +557,42 @@ func TestDaemonCancelWaiting(t *testing.T) {
 		})
 	}
 }
+
+// TestDaemonDeclare: a server that cannot be reached at first is retried;
+// an old server without Declare is fine; a server that does not know the
+// runner stops the daemon with an error that says so.
+func TestDaemonDeclare(t *testing.T) {
+	p := openPair(t, "embedded")
+	sealer, _ := jobspec.NewSealer(jobspec.NewKey())
+	run := func(creds forgejo.Credentials) error {
+		d, err := forgejo.New(forgejo.Config{Credentials: creds, Labels: []string{label}, FetchInterval: 50 * time.Millisecond},
+			forgejo.Deps{Queue: p.q, Store: p.st, Sealer: sealer})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithTimeout(t.Context(), 3*time.Second)
+		defer cancel()
+		return d.Run(ctx)
+	}
+	srv := fakeforgejo.New(fakeforgejo.Options{})
+	url := srv.Start(t)
+	creds := register(t, url, label)
+	srv.InjectError("Declare", connect.NewError(connect.CodeUnavailable, errors.New("starting up")), 3)
+	if err := run(creds); err != nil {
+		t.Fatalf("daemon with a server that came up late: %v", err)
+	}
+	if rs := srv.Runners(); len(rs) != 1 || !rs[0].Declared {
+		t.Fatalf("runner not declared: %+v", rs)
+	}
+
+	old := fakeforgejo.New(fakeforgejo.Options{NoDeclare: true})
+	oldURL := old.Start(t)
+	if err := run(register(t, oldURL, label)); err != nil {
+		t.Fatalf("daemon with a server without Declare: %v", err)
+	}
+
+	creds.Token = "not-the-token"
+	if err := run(creds); err == nil || !strings.Contains(err.Error(), "register again") {
+		t.Fatalf("daemon of an unknown runner: %v", err)
+	}
+}
