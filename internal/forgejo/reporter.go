@@ -401,7 +401,7 @@ func (r *reporter) apply(ev jobspec.Event) {
 			r.log.Warn("second job_finished event ignored", "seq", ev.Seq)
 		} else {
 			r.st.JobResult = true
-			r.st.Result = jobResult(ev.Result)
+			r.st.Result = protoResult(ev.Result)
 			if len(ev.Outputs) > 0 {
 				r.st.Outputs = maps.Clone(ev.Outputs)
 			}
@@ -502,7 +502,7 @@ func (r *reporter) stepFinished(ev jobspec.Event) {
 	// Otherwise the range was fixed already (passed over or closed by a
 	// later step): only the result and time change.
 	s.Finished = true
-	s.Result = stepResult(ev.Result)
+	s.Result = protoResult(ev.Result)
 	s.StoppedAt = ev.Time
 	if s.StartedAt.IsZero() {
 		s.StartedAt = ev.Time
@@ -573,22 +573,9 @@ func (r *reporter) finalizeSteps() {
 	}
 }
 
-// stepResult maps a step result of jobspec to the protocol's.
-func stepResult(s string) runnerv1.Result {
-	switch s {
-	case jobspec.ResultSuccess:
-		return runnerv1.Result_RESULT_SUCCESS
-	case jobspec.ResultCancelled:
-		return runnerv1.Result_RESULT_CANCELLED
-	case jobspec.ResultSkipped:
-		return runnerv1.Result_RESULT_SKIPPED
-	}
-	return runnerv1.Result_RESULT_FAILURE
-}
-
-// jobResult maps a job result of jobspec to the protocol's; errored and
-// unknown results are failures.
-func jobResult(s string) runnerv1.Result {
+// protoResult maps a step or job result of jobspec to the protocol's;
+// errored and unknown results are failures.
+func protoResult(s string) runnerv1.Result {
 	switch s {
 	case jobspec.ResultSuccess:
 		return runnerv1.Result_RESULT_SUCCESS
