@@ -9,7 +9,6 @@ import (
 	"os/signal"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -19,8 +18,6 @@ import (
 	"github.com/solstice-ci/solstice/internal/agentapi"
 	"github.com/solstice-ci/solstice/internal/agentbin"
 	"github.com/solstice-ci/solstice/internal/jobspec"
-	"github.com/solstice-ci/solstice/internal/queue/amqpq"
-	"github.com/solstice-ci/solstice/internal/store/postgres"
 	"github.com/solstice-ci/solstice/internal/testenv"
 	"github.com/solstice-ci/solstice/internal/vm/image"
 )
@@ -56,23 +53,6 @@ func ensureLinuxTest(t *testing.T) {
 	}
 }
 
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // qemuOf returns the pids of processes whose command line mentions dir.
 func qemuOf(dir string) []int {
 	var pids []int
@@ -103,18 +83,8 @@ func TestCrashRealVM(t *testing.T) {
 	}
 	ensureLinuxTest(t)
 	amqpURL, dbURL := testenv.AMQPURL(), testenv.DatabaseURL()
-	id := uuid.NewString()[:8]
-	prefix := "solstice-crashvm-" + id
-	q, err := amqpq.Open(t.Context(), amqpURL, amqpq.Options{Prefix: prefix})
-	if err != nil {
-		t.Fatalf("RabbitMQ: %v", err)
-	}
-	defer q.Close()
-	st, err := postgres.Open(t.Context(), dbURL)
-	if err != nil {
-		t.Fatalf("PostgreSQL: %v", err)
-	}
-	defer st.Close()
+	q, st, prefix := testenv.Services(t, "crashvm")
+	id := prefix[len(prefix)-8:]
 	key := jobspec.NewKey()
 	sealer, err := jobspec.NewSealer(key)
 	if err != nil {
@@ -126,7 +96,7 @@ func TestCrashRealVM(t *testing.T) {
 	}
 	defer os.RemoveAll(runtimeDir)
 
-	var out syncBuffer
+	var out testenv.Buffer
 	args := strings.Join([]string{"orchestrator", "-amqp-url", amqpURL, "-amqp-prefix", prefix, "-database-url", dbURL,
 		"-sealing-key", fmt.Sprintf("%x", key), "-labels", "linux-test", "-host", "crash-vm-" + id,
 		"-accel", "tcg", "-runtime-dir", runtimeDir, "-listen", ""}, "\n")

@@ -118,7 +118,7 @@ func TestForgejoEndToEnd(t *testing.T) {
 	defer os.RemoveAll(runtimeDir)
 
 	ctx, cancel := context.WithCancel(context.Background())
-	var out syncBuffer
+	var out testenv.Buffer
 	done := make(chan int, 1)
 	go func() {
 		done <- run(ctx, &cliEnv{stdout: &out, stderr: &out, getenv: func(string) string { return "" }},
@@ -218,8 +218,8 @@ func TestForgejoKill9(t *testing.T) {
 	common := []string{"-amqp-url", amqpURL, "-amqp-prefix", "solstice-fjk-" + id, "-database-url", dbURL,
 		"-sealing-key", fmt.Sprintf("%x", jobspec.NewKey())}
 
-	var orchOut, daemonOut syncBuffer
-	spawn := func(out *syncBuffer, args ...string) *exec.Cmd {
+	var orchOut, daemonOut testenv.Buffer
+	spawn := func(out *testenv.Buffer, args ...string) *exec.Cmd {
 		c := exec.Command(os.Args[0], "-test.run=^$")
 		c.Env = append(os.Environ(), "SOLSTICE_CLI_CHILD=1", "SOLSTICE_CLI_ARGS="+strings.Join(args, "\n"))
 		c.Stdout, c.Stderr = out, out

@@ -63,8 +63,6 @@ type pair struct {
 	prefix string // amqpq prefix ("" for the embedded pair)
 }
 
-func serviceURLs() (string, string) { return testenv.AMQPURL(), testenv.DatabaseURL() }
-
 func openPair(t testing.TB, name string) pair {
 	t.Helper()
 	switch name {
@@ -77,18 +75,7 @@ func openPair(t testing.TB, name string) pair {
 		t.Cleanup(func() { q.Close(); st.Close() })
 		return pair{name: name, q: q, st: st}
 	default:
-		a, d := serviceURLs()
-		prefix := "solstice-fj-" + uuid.NewString()[:8]
-		q, err := amqpq.Open(t.Context(), a, amqpq.Options{Prefix: prefix})
-		if err != nil {
-			testenv.Unreachable(t, "RabbitMQ/PostgreSQL", err)
-		}
-		st, err := postgres.Open(t.Context(), d)
-		if err != nil {
-			q.Close()
-			testenv.Unreachable(t, "RabbitMQ/PostgreSQL", err)
-		}
-		t.Cleanup(func() { q.Close(); st.Close() })
+		q, st, prefix := testenv.Services(t, "fj")
 		return pair{name: name, q: q, st: st, prefix: prefix}
 	}
 }
@@ -361,7 +348,7 @@ func daemonChild() int {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM)
 	defer stop()
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
-	a, d := serviceURLs()
+	a, d := testenv.AMQPURL(), testenv.DatabaseURL()
 	q, err := amqpq.Open(ctx, a, amqpq.Options{Prefix: os.Getenv("FJ_PREFIX")})
 	if err != nil {
 		log.Error("queue", "err", err)
@@ -454,11 +441,7 @@ func TestDaemonKill9(t *testing.T) {
 	if v.Status != runnerv1.Result_RESULT_SUCCESS {
 		t.Fatalf("result %v; log:\n%s", v.Status, v.Log())
 	}
-	var want strings.Builder
-	for i := 1; i <= n; i++ {
-		fmt.Fprintf(&want, "line %d\n", i)
-	}
-	if logs[1] != want.String() {
+	if logs[1] != numberedLines(n) {
 		t.Fatalf("step 2's log after the restart is not every line once, in order:\n%s", logs[1])
 	}
 	if !strings.Contains(logs[0], "first") || !strings.Contains(logs[2], "last") {
@@ -495,11 +478,7 @@ func TestDaemonServerErrors(t *testing.T) {
 	if v.Status != runnerv1.Result_RESULT_SUCCESS {
 		t.Fatalf("result %v; log:\n%s", v.Status, v.Log())
 	}
-	var want strings.Builder
-	for i := 1; i <= n; i++ {
-		fmt.Fprintf(&want, "line %d\n", i)
-	}
-	if logs[0] != want.String() {
+	if logs[0] != numberedLines(n) {
 		t.Fatalf("step log after server errors:\n%s", logs[0])
 	}
 }
@@ -595,4 +574,13 @@ func TestDaemonDeclare(t *testing.T) {
 	if err := run(creds); err == nil || !strings.Contains(err.Error(), "register again") {
 		t.Fatalf("daemon of an unknown runner: %v", err)
 	}
+}
+
+// numberedLines is what `for i in $(seq n); do echo line $i; done` prints.
+func numberedLines(n int) string {
+	var b strings.Builder
+	for i := 1; i <= n; i++ {
+		fmt.Fprintf(&b, "line %d\n", i)
+	}
+	return b.String()
 }

@@ -26,10 +26,8 @@ import (
 	"github.com/solstice-ci/solstice/internal/jobspec"
 	"github.com/solstice-ci/solstice/internal/orchestrator"
 	"github.com/solstice-ci/solstice/internal/queue"
-	"github.com/solstice-ci/solstice/internal/queue/amqpq"
 	"github.com/solstice-ci/solstice/internal/queue/memq"
 	"github.com/solstice-ci/solstice/internal/store"
-	"github.com/solstice-ci/solstice/internal/store/postgres"
 	"github.com/solstice-ci/solstice/internal/store/sqlite"
 	"github.com/solstice-ci/solstice/internal/testenv"
 	"github.com/solstice-ci/solstice/internal/vm"
@@ -134,32 +132,20 @@ func BenchmarkAccept(b *testing.B) {
 		})
 	})
 	b.Run("rabbitmq-postgres", func(b *testing.B) {
-		amqpURL, dbURL := serviceURLs()
-		prefix := "solstice-bench-" + uuid.NewString()[:8]
-		q, err := amqpq.Open(b.Context(), amqpURL, amqpq.Options{Prefix: prefix})
-		if err != nil {
-			testenv.Unreachable(b, "RabbitMQ", err)
-		}
-		st, err := postgres.Open(b.Context(), dbURL)
-		if err != nil {
-			q.Close()
-			testenv.Unreachable(b, "PostgreSQL", err)
-		}
+		q, st, prefix := testenv.Services(b, "bench")
 		var mu sync.Mutex
 		var labels []string
 		b.Cleanup(func() {
-			q.Close()
-			st.Close()
 			mu.Lock()
 			defer mu.Unlock()
-			deleteBenchTopology(b, amqpURL, prefix, labels)
+			deleteBenchTopology(b, testenv.AMQPURL(), prefix, labels)
 		})
 		benchAccept(b, 300, func(*testing.B) acceptEnv {
 			return acceptEnv{q: q, st: st, pending: func(label string) int {
 				mu.Lock()
 				labels = append(labels, label)
 				mu.Unlock()
-				return amqpPending(b, amqpURL, prefix+".jobs."+label)
+				return amqpPending(b, testenv.AMQPURL(), prefix+".jobs."+label)
 			}}
 		})
 	})

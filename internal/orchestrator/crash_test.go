@@ -1,7 +1,6 @@
 package orchestrator_test
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -44,15 +43,13 @@ func TestMain(m *testing.M) {
 	os.Exit(m.Run())
 }
 
-func serviceURLs() (amqpURL, dbURL string) { return testenv.AMQPURL(), testenv.DatabaseURL() }
-
 // crashChild runs an orchestrator configured by the environment until
 // SIGTERM (or until it is killed).
 func crashChild() int {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
 	defer stop()
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
-	amqpURL, dbURL := serviceURLs()
+	amqpURL, dbURL := testenv.AMQPURL(), testenv.DatabaseURL()
 	q, err := amqpq.Open(ctx, amqpURL, amqpq.Options{Prefix: os.Getenv("CRASH_PREFIX"), Log: log})
 	if err != nil {
 		log.Error("opening queue", "err", err)
@@ -117,41 +114,13 @@ type crashRig struct {
 	mu     sync.Mutex
 	events map[string]map[int64]jobspec.Event // job id → seq → event
 	child  *exec.Cmd
-	out    *lockedBuffer
-}
-
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
+	out    *testenv.Buffer
 }
 
 func newCrashRig(t *testing.T, maxJobs int) *crashRig {
 	t.Helper()
-	amqpURL, dbURL := serviceURLs()
-	id := uuid.NewString()[:8]
-	prefix := "solstice-crash-" + id
-	q, err := amqpq.Open(t.Context(), amqpURL, amqpq.Options{Prefix: prefix})
-	if err != nil {
-		testenv.Unreachable(t, "RabbitMQ", err)
-	}
-	t.Cleanup(func() { q.Close() })
-	st, err := postgres.Open(t.Context(), dbURL)
-	if err != nil {
-		testenv.Unreachable(t, "PostgreSQL", err)
-	}
-	t.Cleanup(func() { st.Close() })
+	q, st, prefix := testenv.Services(t, "crash")
+	id := prefix[len(prefix)-8:]
 	key := jobspec.NewKey()
 	sealer, err := jobspec.NewSealer(key)
 	if err != nil {
@@ -163,7 +132,7 @@ func newCrashRig(t *testing.T, maxJobs int) *crashRig {
 		label: "crash-" + id, route: "crash-route-" + id,
 		dir: t.TempDir(), pidDir: t.TempDir(),
 		events: map[string]map[int64]jobspec.Event{},
-		out:    &lockedBuffer{},
+		out:    &testenv.Buffer{},
 	}
 	r.env = append(os.Environ(), "SOLSTICE_CRASH_CHILD=1",
 		"CRASH_PREFIX="+prefix, "CRASH_KEY="+fmt.Sprintf("%x", key), "CRASH_AGENT="+agentPath,

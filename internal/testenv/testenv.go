@@ -5,12 +5,18 @@
 package testenv
 
 import (
+	"bytes"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"sync"
 	"testing"
+
+	"github.com/google/uuid"
+
+	"github.com/solstice-ci/solstice/internal/queue/amqpq"
+	"github.com/solstice-ci/solstice/internal/store/postgres"
 )
 
 // AMQPURL is the RabbitMQ of the tests: SOLSTICE_TEST_AMQP_URL, else the
@@ -64,4 +70,43 @@ func AgentBinary(t testing.TB) string {
 		t.Fatal(agent.err)
 	}
 	return agent.path
+}
+
+// Services opens the machine's RabbitMQ, under a prefix of its own (name
+// and a random part, returned) so no other test's queues interfere, and
+// its PostgreSQL; both are closed when t ends. Unreachable services end t
+// as Unreachable says.
+func Services(t testing.TB, name string) (*amqpq.Queue, *postgres.Store, string) {
+	t.Helper()
+	prefix := "solstice-" + name + "-" + uuid.NewString()[:8]
+	q, err := amqpq.Open(t.Context(), AMQPURL(), amqpq.Options{Prefix: prefix})
+	if err != nil {
+		Unreachable(t, "RabbitMQ", err)
+	}
+	st, err := postgres.Open(t.Context(), DatabaseURL())
+	if err != nil {
+		q.Close()
+		Unreachable(t, "PostgreSQL", err)
+	}
+	t.Cleanup(func() { q.Close(); st.Close() })
+	return q, st, prefix
+}
+
+// Buffer is a bytes.Buffer that many goroutines may write at once (a
+// child process's two streams, loggers).
+type Buffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (b *Buffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.Write(p)
+}
+
+func (b *Buffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.String()
 }
