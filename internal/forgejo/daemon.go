@@ -84,7 +84,7 @@ type Daemon struct {
 type task struct {
 	rec taskRecord
 	rep *reporter
-	// finished is closed when the reporter is Done.
+	// wake is signalled when an event for the task arrives.
 	wake chan struct{}
 }
 

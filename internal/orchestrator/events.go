@@ -2,16 +2,15 @@ package orchestrator
 
 import (
 	"bufio"
-	"bytes"
 	"context"
-	"encoding/json"
+
 	"fmt"
 	"io"
-	"strconv"
 	"strings"
 	"sync"
 	"time"
-	"unicode/utf8"
+
+	gojson "github.com/goccy/go-json"
 
 	"github.com/solstice-ci/solstice/internal/agentapi"
 	"github.com/solstice-ci/solstice/internal/jobspec"
@@ -234,7 +233,7 @@ func readLine(br *bufio.Reader, max int) ([]byte, error) {
 func (p *pump) handle(ctx context.Context, raw []byte) {
 	e := p.r.ev
 	var ev agentapi.Event
-	if !decodeLogEvent(raw, &ev) && (json.Unmarshal(raw, &ev) != nil || ev.Kind == "") {
+	if err := decodeAgentLine(raw, &ev); err != nil || ev.Kind == "" {
 		// Not an event: keep it as text so nothing the guest said is lost.
 		text := strings.TrimRight(strings.ToValidUTF8(string(raw), "\uFFFD"), "\r\n")
 		if text != "" {
@@ -283,108 +282,7 @@ func annotationText(ev agentapi.Event) string {
 	return b.String()
 }
 
-// decodeLogEvent decodes a log event line in the exact form the agent's
-// hand-written encoder writes it (appendLogEvent in package agent):
-//
-//	{"seq":N,"kind":"log","time":"T","step":S[,"stream":"X"][,"line":"L"],"exit_code":0}
-//
-// with strings that need no unescaping. It returns false, leaving ev as it
-// was, for anything else, which then goes through encoding/json with the
-// same result: this only spares the reflection of encoding/json, which cost
-// more than half of the orchestrator's CPU on a job writing output fast.
-func decodeLogEvent(raw []byte, ev *agentapi.Event) bool {
-	p := eventScanner{b: raw}
-	if !p.lit(`{"seq":`) {
-		return false
-	}
-	seq, ok := p.int()
-	if !ok || !p.lit(`,"kind":"log","time":`) {
-		return false
-	}
-	start := p.i
-	if _, ok := p.str(); !ok {
-		return false
-	}
-	var t time.Time
-	if t.UnmarshalJSON(raw[start:p.i]) != nil || !p.lit(`,"step":`) {
-		return false
-	}
-	step, ok := p.int()
-	if !ok {
-		return false
-	}
-	var stream, line []byte
-	if p.lit(`,"stream":`) {
-		if stream, ok = p.str(); !ok {
-			return false
-		}
-	}
-	if p.lit(`,"line":`) {
-		if line, ok = p.str(); !ok {
-			return false
-		}
-	}
-	if !p.lit(`,"exit_code":0}`) || (p.i < len(raw) && string(raw[p.i:]) != "\n") {
-		return false
-	}
-	*ev = agentapi.Event{Seq: seq, Kind: agentapi.KindLog, Time: t, Step: int(step), Stream: string(stream), Line: string(line)}
-	return true
-}
-
-// eventScanner reads the parts of decodeLogEvent's fixed form.
-type eventScanner struct {
-	b []byte
-	i int
-}
-
-// lit consumes s if the input continues with it.
-func (p *eventScanner) lit(s string) bool {
-	if !bytes.HasPrefix(p.b[p.i:], []byte(s)) {
-		return false
-	}
-	p.i += len(s)
-	return true
-}
-
-// int consumes a JSON integer that fits an int.
-func (p *eventScanner) int() (int64, bool) {
-	j := p.i
-	if j < len(p.b) && p.b[j] == '-' {
-		j++
-	}
-	d := j
-	for j < len(p.b) && p.b[j] >= '0' && p.b[j] <= '9' {
-		j++
-	}
-	if j == d || (p.b[d] == '0' && j > d+1) {
-		return 0, false // no digits, or a leading zero
-	}
-	n, err := strconv.ParseInt(string(p.b[p.i:j]), 10, 0)
-	if err != nil {
-		return 0, false
-	}
-	p.i = j
-	return n, true
-}
-
-// str consumes a JSON string without escapes or control characters, in
-// valid UTF-8, and returns its contents.
-func (p *eventScanner) str() ([]byte, bool) {
-	if p.i >= len(p.b) || p.b[p.i] != '"' {
-		return nil, false
-	}
-	for j := p.i + 1; j < len(p.b); j++ {
-		switch c := p.b[j]; {
-		case c == '"':
-			s := p.b[p.i+1 : j]
-			if !utf8.Valid(s) {
-				return nil, false
-			}
-			p.i = j + 1
-			return s, true
-		case c == '\\' || c < 0x20:
-			return nil, false
-		}
-	}
-	return nil, false
-}
+// decodeAgentLine decodes one event line of the agent. It uses
+// goccy/go-json: encoding/json's reflection was more than half of the
+// orchestrator's CPU on a job writing output fast (docs/benchmarks.md).
+func decodeAgentLine(raw []byte, ev *agentapi.Event) error { return gojson.Unmarshal(raw, ev) }
