@@ -126,8 +126,10 @@ func (b *Backend) Accel(ctx context.Context) string {
 	return b.accel
 }
 
-// probeKVM starts a paused VM with KVM, lets it run for a moment and asks it
-// over QMP whether KVM is enabled; all within 10 seconds.
+// probeKVM starts a paused VM with KVM and the CPU model machines get,
+// lets it run for a moment and asks it over QMP whether KVM is enabled; all
+// within 10 seconds. (Seen here: a VM with the default CPU model ran under
+// KVM while one with -cpu host aborted at start, failing to set an MSR.)
 func probeKVM(ctx context.Context, qemu, runtimeDir string) error {
 	if _, err := os.Stat("/dev/kvm"); err != nil {
 		return fmt.Errorf("no /dev/kvm: %w", err)
@@ -143,13 +145,18 @@ func probeKVM(ctx context.Context, qemu, runtimeDir string) error {
 	}
 	defer os.RemoveAll(dir)
 	sock := dir + "/qmp.sock"
-	cmd := exec.CommandContext(ctx, qemu, "-machine", "pc,accel=kvm", "-nodefaults", "-display", "none",
+	cmd := exec.CommandContext(ctx, qemu, "-machine", "pc,accel=kvm", "-cpu", cpuModel("kvm"), "-nodefaults", "-display", "none",
 		"-m", "64", "-S", "-qmp", "unix:"+sock+",server=on,wait=off")
 	cmd.WaitDelay = time.Second
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
 	if err := cmd.Start(); err != nil {
 		return err
 	}
-	defer func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }()
+	exited := make(chan struct{})
+	var waitErr error
+	go func() { waitErr = cmd.Wait(); close(exited) }()
+	defer func() { _ = cmd.Process.Kill(); <-exited }()
 	var q *qmpConn
 	for q == nil {
 		q, err = dialQMP(ctx, sock)
@@ -157,6 +164,8 @@ func probeKVM(ctx context.Context, qemu, runtimeDir string) error {
 			select {
 			case <-ctx.Done():
 				return fmt.Errorf("probe VM did not answer: %w", err)
+			case <-exited:
+				return fmt.Errorf("probe VM exited at start (%v): %s", waitErr, strings.TrimSpace(stderr.String()))
 			case <-time.After(100 * time.Millisecond):
 			}
 		}

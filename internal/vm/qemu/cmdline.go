@@ -81,11 +81,7 @@ func qemuArgs(spec vm.Spec, l layout, accel, network string, sshPort int) ([]str
 	default:
 		return nil, fmt.Errorf("image %s: unknown firmware %q (want bios or uefi)", e.Label, e.Firmware)
 	}
-	if accel == "kvm" {
-		a = append(a, "-cpu", "host")
-	} else {
-		a = append(a, "-cpu", "max")
-	}
+	a = append(a, "-cpu", cpuModel(accel))
 	if e.OS == "illumos" {
 		// illumos takes vanished timer ticks for a stalled system.
 		a = append(a, "-rtc", "base=utc,driftfix=slew")
@@ -176,4 +172,14 @@ func macFor(jobID string) string {
 // commandLine renders args for logs and golden files.
 func commandLine(bin string, args []string) string {
 	return bin + " " + strings.Join(args, " ")
+}
+
+// cpuModel is the -cpu of a machine: the host's CPU under KVM, every
+// feature TCG can emulate otherwise. The KVM probe uses it too: on some
+// hosts KVM runs a VM but not with the host's CPU model.
+func cpuModel(accel string) string {
+	if accel == "kvm" {
+		return "host"
+	}
+	return "max"
 }
