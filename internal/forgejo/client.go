@@ -83,6 +83,9 @@ func SaveCredentials(path string, c Credentials) (err error) {
 // by the Forgejo runner). A file without a UUID or a token is an error.
 func LoadCredentials(path string) (Credentials, error) {
 	data, err := os.ReadFile(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return Credentials{}, fmt.Errorf("loading runner credentials: %w (register the runner first: solstice forgejo register)", err)
+	}
 	if err != nil {
 		return Credentials{}, fmt.Errorf("loading runner credentials: %w", err)
 	}
